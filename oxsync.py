@@ -1,0 +1,2255 @@
+#!/usr/bin/env python3
+"""oxsync: a self-hosted Cloud Sync server for OxideTerm.
+
+OxideTerm's Cloud Sync client (backend "HTTP JSON") uploads a user's
+connections, forwards and settings; oxsync stores them, keeps two devices from
+overwriting each other (ETag compare-and-swap), seals payloads at rest, scopes
+API tokens to namespaces and serves a small admin page.
+
+One module, standard library first, read top to bottom:
+
+    1. Configuration   flags, environment, .env
+    2. Names           namespaces, object paths, token patterns, entity tags
+    3. Crypto          ChaCha20-Poly1305 sealing of payloads at rest
+    4. Storage         SQLite schema, migrations, transactions, records
+    5. Auth            API tokens on the sync API
+    6. HTTP            threaded server, request framing, responses
+    7. Sync API        metadata, blob, objects, health
+    8. Admin API       sessions, users, tokens, namespaces
+    9. CLI             serve and the operator commands
+
+The wire contract is PROTOCOL.md. Licensed under the GNU AGPL v3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import email.utils
+import getpass
+import hashlib
+import hmac
+import http
+import http.server
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import unicodedata
+import urllib.parse
+import uuid
+from datetime import datetime, timezone
+from http import HTTPStatus
+
+VERSION = "0.1.0"
+SERVICE_NAME = "oxideterm-cloud-sync-server"
+MiB = 1024 * 1024
+
+log = logging.getLogger("oxsync")
+access_log = logging.getLogger("oxsync.access")
+audit_log = logging.getLogger("oxsync.audit")
+
+
+class ConfigError(Exception):
+    """A bad setting or argument; the CLI prints it as one line and exits 2."""
+
+
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               410: "namespace_deleted", 413: "payload_too_large", 429: "too_many_requests",
+               500: "internal_error", 503: "unavailable", 507: "insufficient_storage"}
+
+
+class HTTPError(Exception):
+    """An answer other than success: becomes {"error": {"code", "message"}}.
+
+    `close` drops the connection after answering (the request body was not read).
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 headers: tuple = (), close: bool = False):
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.code = code or ERROR_CODES.get(self.status) or \
+            HTTPStatus(self.status).phrase.lower().replace(" ", "_").replace("-", "_")
+        self.headers = list(headers)
+        self.close = close
+        if self.status == 401:
+            self.headers.append(("WWW-Authenticate", 'Bearer realm="oxsync"'))
+        if self.status in (429, 503) and not any(h[0] == "Retry-After" for h in self.headers):
+            self.headers.append(("Retry-After", "1"))
+
+    def payload(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+# ---------------------------------------------------------------------------
+# 1. Configuration
+# ---------------------------------------------------------------------------
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'0.0.0.0:8730', '[::]:8730' or ':8730' -> (host, port)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 0.0.0.0:8730")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_count(value: str) -> int:
+    """A non-negative whole number (bytes, seconds, attempts)."""
+    value = value.strip().replace("_", "")
+    if not value.isdigit():
+        raise ValueError("expected a whole number of 0 or more")
+    return int(value)
+
+
+def parse_positive(value: str) -> int:
+    number = parse_count(value)
+    if number == 0:
+        raise ValueError("expected a whole number of 1 or more")
+    return number
+
+
+def parse_optional_seconds(value: str) -> int | None:
+    return parse_positive(value) if value.strip() else None
+
+
+def parse_key(value: str) -> bytes | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("expected 64 hex characters (32 bytes); make one with: "
+                         "python3 -c 'import secrets; print(secrets.token_hex(32))'")
+    return bytes.fromhex(value)
+
+
+def parse_secret(value: str) -> bytes | None:
+    value = value.strip()
+    if value and len(value) < 32:
+        raise ValueError("expected at least 32 characters")
+    return value.encode() if value else None
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    if not origins:
+        raise ValueError("expected * or a comma-separated list of origins")
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^\s/]+", origin):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
+LOG_LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING",
+              "warning": "WARNING", "error": "ERROR", "off": "CRITICAL"}
+
+
+def parse_log_level(value: str) -> str:
+    """A level name; RUST_LOG-style values like 'oxsync=debug,hyper=info' also work."""
+    for directive in value.lower().split(","):
+        level = directive.rpartition("=")[2].strip()
+        if level in LOG_LEVELS:
+            return LOG_LEVELS[level]
+    raise ValueError("expected one of trace, debug, info, warn, error")
+
+
+def parse_log_format(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    env: str
+    flag: str
+    parse: object
+    default: str
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+STORE_OPTIONS = [
+    Option("DB_PATH", "--db-path", str, "/data/sync.db", "SQLite database file"),
+    Option("ENCRYPTION_KEY", "--encryption-key", parse_key, "",
+           "64 hex characters; seals payloads at rest with ChaCha20-Poly1305"),
+]
+
+SERVER_OPTIONS = STORE_OPTIONS + [
+    Option("LISTEN_ADDR", "--listen", parse_listen, "0.0.0.0:8730", "address to listen on"),
+    Option("ADMIN_PASSWORD", "--admin-password", str, "",
+           "creates or resets the admin user at startup (admin page is off without an admin user)"),
+    Option("ADMIN_USERNAME", "--admin-username", str, "admin", "name of that admin user"),
+    Option("ADMIN_JWT_SECRET", "--admin-jwt-secret", parse_secret, "",
+           "signs admin sessions; random per boot when unset (sessions end on restart)"),
+    Option("ADMIN_COOKIE_SECURE", "--admin-cookie-secure", parse_bool, "true",
+           "mark the session cookie Secure when the request is known to be HTTPS"),
+    Option("TRUST_PROXY_HEADERS", "--trust-proxy-headers", parse_bool, "false",
+           "believe X-Forwarded-For, X-Real-IP and X-Forwarded-Proto (only behind your own proxy)"),
+    Option("SYNC_CORS_ALLOWED_ORIGINS", "--sync-cors-allowed-origins", parse_origins, "*",
+           "origins allowed to call the sync API from a browser"),
+    Option("MAX_BLOB_SIZE", "--max-blob-size", parse_positive, str(64 * MiB),
+           "largest snapshot, bytes"),
+    Option("MAX_OBJECT_SIZE", "--max-object-size", parse_positive, str(16 * MiB),
+           "largest object, bytes"),
+    Option("MIN_FREE_DISK_BYTES", "--min-free-disk-bytes", parse_count, str(100 * MiB),
+           "writes answer 507 when the disk has less free space than this"),
+    Option("LOGIN_WINDOW_SECONDS", "--login-window-seconds", parse_positive, "900",
+           "failed admin logins are counted over this window"),
+    Option("LOGIN_LOCKOUT_SECONDS", "--login-lockout-seconds", parse_positive, "900",
+           "how long an address is locked out after too many failed logins"),
+    Option("MAX_LOGIN_FAILURES", "--max-login-failures", parse_positive, "5",
+           "failed logins within the window before the lockout"),
+    Option("DEFAULT_TOKEN_TTL_SECONDS", "--default-token-ttl-seconds", parse_optional_seconds, "",
+           "expiry for new tokens created without one (default: never)"),
+    Option("OBJECT_RETENTION_SECONDS", "--object-retention-seconds", parse_positive, "2592000",
+           "unreferenced objects and old manifests are kept at least this long"),
+    Option("REQUEST_TIMEOUT_SECONDS", "--request-timeout-seconds", parse_positive, "30",
+           "a request's headers (and a small body) must arrive within this time"),
+    Option("MAX_CONNECTIONS", "--max-connections", parse_positive, "512",
+           "open connections served at once; more are answered 503 with Retry-After"),
+    Option("LOG_LEVEL", "--log-level", parse_log_level, "info",
+           "trace, debug, info, warn or error (RUST_LOG is accepted too)"),
+    Option("LOG_FORMAT", "--log-format", parse_log_format, "text", "text or json"),
+]
+
+
+def read_dotenv(path: str = ".env") -> dict[str, str]:
+    """KEY=VALUE lines from an optional .env file; '#' starts a comment."""
+    values = {}
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except FileNotFoundError:
+        return values
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
+    for option in options:
+        parser.add_argument(option.flag, dest=option.dest, metavar=option.env,
+                            help=f"{option.help} [env {option.env}, default "
+                                 f"{option.default or 'none'}]")
+
+
+def resolve_options(args: argparse.Namespace, options: list[Option]) -> dict:
+    """Flags win over the environment, the environment over .env, .env over defaults."""
+    environment = {**read_dotenv(), **os.environ}
+    if "LOG_LEVEL" not in environment and "RUST_LOG" in environment:
+        environment["LOG_LEVEL"] = environment["RUST_LOG"]
+    settings = {}
+    for option in options:
+        raw = getattr(args, option.dest, None)
+        source = option.flag
+        if raw is None:
+            raw, source = environment.get(option.env), option.env
+        if raw is None:
+            raw, source = option.default, f"default of {option.env}"
+        try:
+            settings[option.dest] = option.parse(raw)
+        except ValueError as error:
+            shown = "(hidden)" if "KEY" in option.env or "SECRET" in option.env or \
+                "PASSWORD" in option.env else repr(raw)
+            raise ConfigError(f"invalid {source} {shown}: {error}") from None
+    return settings
+
+
+@dataclasses.dataclass
+class Config:
+    db_path: str = "/data/sync.db"
+    encryption_key: bytes | None = None
+    listen: tuple[str, int] = ("0.0.0.0", 8730)
+    admin_password: str = ""
+    admin_username: str = "admin"
+    admin_jwt_secret: bytes | None = None
+    admin_cookie_secure: bool = True
+    trust_proxy_headers: bool = False
+    sync_cors_allowed_origins: tuple[str, ...] = ("*",)
+    max_blob_size: int = 64 * MiB
+    max_object_size: int = 16 * MiB
+    min_free_disk_bytes: int = 100 * MiB
+    login_window_seconds: int = 900
+    login_lockout_seconds: int = 900
+    max_login_failures: int = 5
+    default_token_ttl_seconds: int | None = None
+    object_retention_seconds: int = 2592000
+    request_timeout_seconds: int = 30
+    max_connections: int = 512
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+# ---------------------------------------------------------------------------
+# 2. Names: namespaces, object paths, token patterns, entity tags, times
+# ---------------------------------------------------------------------------
+
+class BadName(ValueError):
+    """A namespace, path or pattern that breaks the naming rules."""
+
+
+def percent_decode(segment: str) -> str:
+    """Decode one raw path segment strictly: every '%' starts '%XX', result is UTF-8."""
+    raw = segment.encode("latin-1")  # the request line was read as latin-1
+    if b"%" in raw and not re.fullmatch(rb"(?:[^%]|%[0-9A-Fa-f]{2})*", raw):
+        raise BadName(f"invalid percent-encoding in {segment!r}")
+    try:
+        return urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadName(f"{segment!r} does not decode to UTF-8 text") from None
+
+
+def check_segments(name: str, what: str) -> None:
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise BadName(f"{what} {name!r} has an empty, '.' or '..' part "
+                      "(or starts or ends with '/')")
+
+
+def check_namespace(name: str) -> str:
+    if not 1 <= len(name) <= 128:
+        raise BadName(f"namespace must be 1 to 128 characters, got {len(name)}")
+    for char in name:
+        if not (char.isalnum() or char in "-_./"):
+            raise BadName(f"namespace {name!r} contains {char!r}; "
+                          "use letters, digits and - _ . / only")
+    check_segments(name, "namespace")
+    return name
+
+
+def check_object_path(path: str) -> str:
+    if not 1 <= len(path) <= 1024:
+        raise BadName(f"object path must be 1 to 1024 characters, got {len(path)}")
+    if any(unicodedata.category(char) == "Cc" for char in path):
+        raise BadName("object path contains a control character")
+    check_segments(path, "object path")
+    return path
+
+
+def check_pattern(pattern: str) -> str:
+    """Token namespace patterns: '*', an exact namespace, or 'prefix*'."""
+    if pattern == "*":
+        return pattern
+    if pattern.endswith("*"):
+        prefix = pattern[:-1]
+        if "*" in prefix or not prefix or any(not (c.isalnum() or c in "-_./") for c in prefix):
+            raise BadName(f"pattern {pattern!r} must be '*', a namespace, or a namespace "
+                          "prefix followed by one '*' (e.g. 'team/*')")
+        return pattern
+    try:
+        return check_namespace(pattern)
+    except BadName as error:
+        raise BadName(f"pattern {pattern!r} is not '*', 'prefix*' or a namespace: {error}") \
+            from None
+
+
+def pattern_matches(pattern: str, namespace: str) -> bool:
+    if pattern.endswith("*"):
+        return namespace.startswith(pattern[:-1])
+    return namespace == pattern
+
+
+ANY_ETAG = "*"
+ETAG_ITEM = re.compile(r'\s*(?:W/)?(?:"([^"]*)"|([^,\s"]+))\s*(?:,|$)')
+
+
+def parse_etags(value: str) -> frozenset[str] | str:
+    """If-Match / If-None-Match: '*' or entity tags, quoted or bare, 'W/' allowed."""
+    value = value.strip()
+    if value == "*":
+        return ANY_ETAG
+    tags, position = set(), 0
+    while position < len(value):
+        match = ETAG_ITEM.match(value, position)
+        if not match or match.end() == position:
+            raise BadName(f"cannot parse entity tag list {value[:80]!r}")
+        tags.add(match.group(1) if match.group(1) is not None else match.group(2))
+        position = match.end()
+    if not tags:
+        raise BadName("empty entity tag list")
+    return frozenset(tags)
+
+
+def etag_matches(tags: frozenset[str] | str, current: str | None) -> bool:
+    return current is not None and (tags == ANY_ETAG or current in tags)
+
+
+def new_etag() -> str:
+    return str(uuid.uuid4())
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(value: str) -> float:
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 time like 2026-12-31T23:59:59Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone; add Z for UTC")
+    return moment.timestamp()
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+# ---------------------------------------------------------------------------
+# 3. Crypto: payloads sealed with ChaCha20-Poly1305
+# ---------------------------------------------------------------------------
+
+NONCE_SIZE = 12
+KEY_CHECK = b"oxsync key check v1"
+
+
+class SealError(Exception):
+    """A stored payload that does not open with the key and place it claims."""
+
+
+def key_id_of(key: bytes) -> str:
+    return hashlib.sha256(b"oxsync key id\0" + key).hexdigest()[:16]
+
+
+def payload_context(namespace: str, kind: str, path: str = "") -> bytes:
+    """Associated data: a sealed payload opens only where it was written."""
+    return "\0".join(("oxsync/v1", kind, namespace, path)).encode()
+
+
+class Sealer:
+    """Seals and opens payloads with the configured key; passes them through without one."""
+
+    def __init__(self, key: bytes | None):
+        self.key_id = key_id_of(key) if key else None
+        self._aead = None
+        if key:
+            try:
+                from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+            except ImportError:
+                raise ConfigError("ENCRYPTION_KEY is set but the 'cryptography' package is not "
+                                  "installed; install it with: python3 -m pip install "
+                                  "cryptography") from None
+            self._aead = ChaCha20Poly1305(key)
+
+    @property
+    def enabled(self) -> bool:
+        return self._aead is not None
+
+    def seal(self, data, context: bytes) -> tuple[bytes, str | None]:
+        """-> (stored bytes, key id or None for plaintext)."""
+        if not self._aead:
+            return data, None
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, data, context), self.key_id
+
+    def open(self, stored, key_id: str | None, context: bytes):
+        if key_id is None:
+            return stored
+        if key_id != self.key_id:
+            raise SealError(f"sealed with key {key_id}, but the configured key is "
+                            f"{self.key_id or 'none'}")
+        view = memoryview(stored)
+        try:
+            return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], context)
+        except Exception:  # cryptography's InvalidTag
+            raise SealError("authentication failed (data altered or moved)") from None
+
+
+# ---------------------------------------------------------------------------
+# 4. Storage: one SQLite file
+# ---------------------------------------------------------------------------
+
+# MIGRATIONS[n] upgrades a database from PRAGMA user_version n to n + 1.
+MIGRATIONS = [
+    """
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE namespaces (
+        name TEXT PRIMARY KEY,
+        metadata TEXT,              -- the JSON body GET metadata answers, NULL when empty
+        etag TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL,
+        deleted_at REAL
+    );
+    CREATE TABLE blobs (
+        namespace TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        key_id TEXT,                -- NULL: plaintext
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE objects (
+        namespace TEXT NOT NULL,
+        path TEXT NOT NULL,
+        data BLOB NOT NULL,
+        key_id TEXT,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        content_type TEXT,
+        updated_at REAL NOT NULL,
+        UNIQUE (namespace, path)
+    );
+    CREATE TABLE manifests (
+        namespace TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        etag TEXT NOT NULL,
+        revision TEXT,
+        device_id TEXT,
+        format TEXT,
+        token_id TEXT,
+        rollback_of INTEGER,
+        manifest TEXT NOT NULL,
+        PRIMARY KEY (namespace, seq)
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        namespace_pattern TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        expires_at REAL,
+        created_at REAL NOT NULL,
+        rotated_at REAL,
+        use_count INTEGER NOT NULL DEFAULT 0,
+        last_used_at REAL,
+        last_namespace TEXT,
+        last_ip TEXT,
+        last_client_version TEXT
+    );
+    CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        namespace TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        path TEXT,
+        device_id TEXT,
+        token_id TEXT,
+        requested_etag TEXT,
+        requested_revision TEXT,
+        remote_etag TEXT,
+        remote_revision TEXT
+    );
+    CREATE TABLE admin_users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE login_failures (
+        ip TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        window_start REAL NOT NULL,
+        locked_until REAL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message says what to do."""
+
+
+class Store:
+    """The SQLite file: a pool of reader connections and one writer behind a lock.
+
+    WAL mode lets readers run while one transaction writes. Writers queue on a
+    Python lock instead of SQLite's sleeping busy handler, so concurrent
+    uploads are served in arrival order without latency spikes; other
+    processes (the CLI) still wait on SQLite's busy timeout.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the database folder {directory}: "
+                             f"{error.strerror}; choose another --db-path") from None
+        self._write_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect()
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                 check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout = 30000")
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise StoreError(f"{self.path}: SQLite could not switch to WAL mode")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA journal_size_limit = 67108864")
+            return db
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open the database {self.path}: {error}") from None
+
+    def _migrate(self) -> None:
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer oxsync (schema {version}, "
+                             f"this version knows {SCHEMA_VERSION}); upgrade oxsync")
+        for number in range(version, SCHEMA_VERSION):
+            try:
+                with self.write() as db:
+                    for statement in MIGRATIONS[number].split(";\n"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number + 1}")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot upgrade {self.path} to schema {number + 1}: "
+                                 f"{error}") from None
+            log.info("database schema migrated to version %d", number + 1)
+
+    @contextlib.contextmanager
+    def read(self):
+        """A connection holding one read transaction: a consistent snapshot."""
+        with self._readers_lock:
+            db = self._readers.pop() if self._readers else None
+        db = db or self._connect()
+        try:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+        finally:
+            with self._readers_lock:
+                if len(self._readers) < 32:
+                    self._readers.append(db)
+                    db = None
+            if db:
+                db.close()
+
+    @contextlib.contextmanager
+    def write(self):
+        """The one write transaction (BEGIN IMMEDIATE); commits unless an exception escapes."""
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    def is_writable(self) -> bool:
+        if not self._write_lock.acquire(timeout=2):
+            return False
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+            self._writer.execute("ROLLBACK")
+            return os.access(self.path, os.W_OK)
+        except sqlite3.Error:
+            return False
+        finally:
+            self._write_lock.release()
+
+    def setting(self, db, key: str) -> str | None:
+        row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def checkpoint(self) -> None:
+        with self._write_lock:
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+
+def open_store(config: Config) -> tuple[Store, Sealer]:
+    """Open the database and check that the configured key fits what it holds."""
+    sealer = Sealer(config.encryption_key)
+    store = Store(config.db_path)
+    check_key(store, sealer)
+    return store, sealer
+
+
+def check_key(store: Store, sealer: Sealer) -> None:
+    """Refuse a wrong or missing key at startup rather than failing every read later."""
+    with store.write() as db:
+        stored_id = store.setting(db, "key_id")
+        stored_check = store.setting(db, "key_check")
+        if stored_check is None and sealer.enabled:
+            check, _ = sealer.seal(KEY_CHECK, b"oxsync/key-check")
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('key_id', ?), ('key_check', ?)",
+                       (sealer.key_id, check.hex()))
+            stored_id = sealer.key_id
+    if stored_check is not None:
+        if not sealer.enabled:
+            raise StoreError(f"{store.path} holds payloads sealed with key {stored_id}; "
+                             "start oxsync with ENCRYPTION_KEY set to that key")
+        try:
+            sealer.open(bytes.fromhex(stored_check), sealer.key_id, b"oxsync/key-check")
+        except SealError:
+            raise StoreError(f"ENCRYPTION_KEY (key id {sealer.key_id}) is not the key that "
+                             f"sealed {store.path} (key id {stored_id})") from None
+    if sealer.enabled:
+        with store.read() as db:
+            plain = count_plaintext_payloads(db)
+        if plain:
+            log.warning("%d payloads were stored before encryption was enabled and are still "
+                        "plaintext; seal them with: oxsync encrypt-existing", plain)
+    else:
+        log.warning("ENCRYPTION_KEY is not set: payloads are stored in plaintext")
+
+
+def count_plaintext_payloads(db) -> int:
+    return db.execute("SELECT (SELECT count(*) FROM blobs WHERE key_id IS NULL) + "
+                      "(SELECT count(*) FROM objects WHERE key_id IS NULL)").fetchone()[0]
+
+
+def write_payload(db, table: str, rowid: int, data) -> None:
+    """Stream a payload into a zeroblob row, so SQLite never copies it whole."""
+    view = memoryview(data)
+    with db.blobopen(table, "data", rowid) as blob:
+        for offset in range(0, len(view), MiB):
+            blob.write(view[offset:offset + MiB])
+
+
+def read_payload(db, table: str, rowid: int) -> bytes:
+    with db.blobopen(table, "data", rowid, readonly=True) as blob:
+        return blob.read()
+
+
+def ensure_namespace(db, namespace: str, now: float):
+    """The namespace's row, created empty if it is new."""
+    db.execute("INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)",
+               (namespace, now))
+    return db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+
+
+def namespace_views(db, name: str | None = None) -> list[dict]:
+    """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
+    rows = db.execute(
+        "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
+        "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
+        "(SELECT coalesce(sum(size), 0) FROM objects o WHERE o.namespace = n.name) "
+        "AS object_bytes FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name "
+        "WHERE ? IS NULL OR n.name = ? ORDER BY n.name", (name, name)).fetchall()
+    views = []
+    for row in rows:
+        metadata = json.loads(row["metadata"]) if row["metadata"] else {}
+        views.append({
+            "name": row["name"], "deleted": row["deleted_at"] is not None,
+            "deletedAt": rfc3339(row["deleted_at"]) if row["deleted_at"] else None,
+            "createdAt": rfc3339(row["created_at"]),
+            "lastWriteAt": rfc3339(row["updated_at"]) if row["updated_at"] else None,
+            "format": metadata.get("format"), "revision": metadata.get("revision"),
+            "deviceId": metadata.get("deviceId"), "etag": row["etag"],
+            "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
+            "objectBytes": row["object_bytes"],
+            "totalBytes": row["blob_bytes"] + row["object_bytes"]})
+    return views
+
+
+def set_namespace_deleted(db, name: str, deleted: bool) -> bool:
+    """Soft delete or restore -> False when there is no such namespace."""
+    return db.execute("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
+                      (time.time() if deleted else None, name)).rowcount > 0
+
+
+def purge_namespace(db, name: str) -> int:
+    """Remove a soft-deleted namespace and everything in it -> bytes freed."""
+    freed = db.execute("SELECT (SELECT coalesce(sum(size), 0) FROM objects WHERE namespace = ?)"
+                       " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)",
+                       (name, name)).fetchone()[0]
+    for table, column in (("objects", "namespace"), ("blobs", "namespace"),
+                          ("manifests", "namespace"), ("conflicts", "namespace"),
+                          ("namespaces", "name")):
+        db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+    return freed
+
+
+def record_conflict(db, namespace, operation, *, path=None, device_id=None, token_id=None,
+                    requested_etag=None, requested_revision=None, remote_etag=None,
+                    remote_revision=None) -> None:
+    """One row per 412, never the payload; the newest 10,000 are kept."""
+    db.execute("INSERT INTO conflicts (at, namespace, operation, path, device_id, token_id, "
+               "requested_etag, requested_revision, remote_etag, remote_revision) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (time.time(), namespace, operation, path, device_id, token_id, requested_etag,
+                requested_revision, remote_etag, remote_revision))
+    db.execute("DELETE FROM conflicts WHERE id <= (SELECT max(id) FROM conflicts) - 10000")
+
+
+# ---------------------------------------------------------------------------
+# 5. Auth: API tokens for the sync API
+# ---------------------------------------------------------------------------
+
+TOKEN_PREFIX = "oxs_"
+PERMISSIONS = ("read", "write")
+
+
+def hash_token(raw: str) -> str:
+    """Tokens are 256 random bits, so one SHA-256 suffices: no slow hash on the sync path."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_token_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_permissions(value: str) -> str:
+    wanted = {part.strip().lower() for part in value.split(",") if part.strip()}
+    unknown = wanted - set(PERMISSIONS)
+    if unknown or not wanted:
+        raise ValueError(f"permissions must be read, write or read,write; got {value!r}")
+    return ",".join(p for p in PERMISSIONS if p in wanted)
+
+
+def check_token_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError("token name must be 1 to 100 printable characters")
+    return name
+
+
+def create_token(db, name: str, pattern: str, permissions: str,
+                 expires_at: float | None) -> tuple[str, str]:
+    """-> (token id, raw token). The raw token is never stored."""
+    token_id, raw = secrets.token_hex(6), new_token_secret()
+    db.execute("INSERT INTO tokens (id, name, token_hash, namespace_pattern, permissions, "
+               "expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (token_id, check_token_name(name), hash_token(raw), check_pattern(pattern),
+                parse_permissions(permissions), expires_at, time.time()))
+    return token_id, raw
+
+
+def rotate_token(db, token_id: str) -> str | None:
+    """A new secret for the same token; the old one stops working at once."""
+    raw = new_token_secret()
+    changed = db.execute("UPDATE tokens SET token_hash = ?, rotated_at = ? WHERE id = ?",
+                         (hash_token(raw), time.time(), token_id)).rowcount
+    return raw if changed else None
+
+
+def token_view(row) -> dict:
+    """A token as the CLI and admin API show it: never the secret or its hash."""
+    def when(value):
+        return rfc3339(value) if value is not None else None
+    return {"id": row["id"], "name": row["name"], "namespacePattern": row["namespace_pattern"],
+            "permissions": row["permissions"].split(","), "enabled": bool(row["enabled"]),
+            "expiresAt": when(row["expires_at"]), "createdAt": when(row["created_at"]),
+            "rotatedAt": when(row["rotated_at"]), "useCount": row["use_count"],
+            "lastUsedAt": when(row["last_used_at"]), "lastNamespace": row["last_namespace"],
+            "lastIp": row["last_ip"], "lastClientVersion": row["last_client_version"],
+            "expired": row["expires_at"] is not None and row["expires_at"] <= time.time()}
+
+
+def token_from_header(value: str | None) -> str:
+    """The raw token from 'Bearer <token>' or 'Basic base64(user:token)'."""
+    if not value or not value.strip():
+        raise HTTPError(401, "missing Authorization header; send 'Authorization: Bearer "
+                             "<token>' with a token from the server's administrator")
+    scheme, _, credentials = value.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except ValueError:
+            raise HTTPError(401, "malformed Basic credentials; expected base64 of "
+                                 "'user:token'") from None
+        user, colon, password = decoded.partition(":")
+        if password or not colon:
+            return password if colon else decoded
+    raise HTTPError(401, "malformed Authorization header; expected 'Bearer <token>'")
+
+
+def authenticate(db, raw: str):
+    row = db.execute("SELECT id, name, namespace_pattern, permissions, enabled, expires_at "
+                     "FROM tokens WHERE token_hash = ?", (hash_token(raw),)).fetchone()
+    if row is None:
+        raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
+                             "server's administrator for a new one")
+    if not row["enabled"]:
+        raise HTTPError(401, f"token '{row['name']}' is disabled; ask the server's "
+                             "administrator to enable it or to issue a new one")
+    if row["expires_at"] is not None and row["expires_at"] <= time.time():
+        day = rfc3339(row["expires_at"])[:10]
+        raise HTTPError(401, f"token '{row['name']}' expired on {day}; ask the server's "
+                             "administrator for a new one")
+    return row
+
+
+def authorize(token, namespace: str, namespace_row, permission: str) -> None:
+    """Pattern (403), then the namespace's state (410), then the permission (403)."""
+    if not pattern_matches(token["namespace_pattern"], namespace):
+        raise HTTPError(403, f"token '{token['name']}' may only use namespaces matching "
+                             f"'{token['namespace_pattern']}', not '{namespace}'")
+    if namespace_row is not None and namespace_row["deleted_at"] is not None:
+        raise HTTPError(410, f"namespace '{namespace}' was deleted on the server; its data is "
+                             "kept until an administrator restores or purges it")
+    if permission not in token["permissions"].split(","):
+        raise HTTPError(403, f"token '{token['name']}' has no {permission} permission; ask "
+                             "the server's administrator for a token that has")
+
+
+class UsageCounter:
+    """Token use counted in memory and written in batches, so reads stay reads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending: dict[str, list] = {}
+
+    def record(self, token_id: str, namespace: str, ip: str, client_version: str | None):
+        with self._lock:
+            entry = self._pending.get(token_id)
+            count = entry[0] if entry else 0
+            version = client_version or (entry[4] if entry else None)
+            self._pending[token_id] = [count + 1, time.time(), namespace, ip, version]
+
+    def flush(self, store: Store) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            with store.write() as db:
+                db.executemany(
+                    "UPDATE tokens SET use_count = use_count + ?, last_used_at = ?, "
+                    "last_namespace = ?, last_ip = ?, "
+                    "last_client_version = coalesce(?, last_client_version) WHERE id = ?",
+                    [(*values, token_id) for token_id, values in pending.items()])
+
+
+# ---------------------------------------------------------------------------
+# 6. HTTP: threaded server, request framing, responses
+# ---------------------------------------------------------------------------
+
+IDLE_TIMEOUT = 75          # keep-alive idle; longer than the client's pool keeps idle sockets
+SMALL_BODY = 64 * 1024     # unread bodies up to this size are drained to keep the connection
+MIN_UPLOAD_RATE = 64 * 1024  # bytes/s a large body must keep up, beyond the request timeout
+
+
+class ClientGone(Exception):
+    """The peer closed or broke the connection mid-request: nothing to answer."""
+
+
+class Response:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int = 200, body=b"", headers=None, content_type=None):
+        self.status = int(status)
+        self.body = body
+        self.headers = list(headers or ())
+        if content_type:
+            self.headers.append(("Content-Type", content_type))
+
+
+def json_body(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_response(value, status: int = 200, headers=()) -> Response:
+    return Response(status, json_body(value), headers, "application/json")
+
+
+def error_response(error: HTTPError) -> Response:
+    return json_response(error.payload(), error.status, error.headers)
+
+
+class Route:
+    def __init__(self, template: str):
+        self.template = template
+        self.parts = template.strip("/").split("/") if template != "/" else []
+        self.methods: dict[str, object] = {}
+        self.cors = template.startswith("/v1/")
+
+
+class Router:
+    """Routes on the raw path; each segment is percent-decoded only after it matched."""
+
+    def __init__(self):
+        self.routes: list[Route] = []
+
+    def route(self, method: str, template: str):
+        def register(handler):
+            route = next((r for r in self.routes if r.template == template), None)
+            if route is None:
+                route = Route(template)
+                self.routes.append(route)
+            route.methods[method] = handler
+            return handler
+        return register
+
+    def match(self, raw_path: str) -> tuple[Route, dict]:
+        segments = raw_path.strip("/").split("/") if raw_path.strip("/") else []
+        for route in self.routes:
+            params = self._match(route.parts, segments)
+            if params is not None:
+                return route, params
+        raise HTTPError(404, f"no such endpoint {raw_path[:200]!r}; the sync API is under "
+                             "/v1/namespaces/{namespace}/")
+
+    @staticmethod
+    def _match(parts: list[str], segments: list[str]) -> dict | None:
+        tail = parts and parts[-1].endswith("*}")
+        if len(segments) < len(parts) if tail else len(segments) != len(parts):
+            return None
+        if any(not p.startswith("{") and p != s for p, s in zip(parts, segments)):
+            return None
+        params = {}
+        try:
+            for index, part in enumerate(parts):
+                if part == "{path*}":
+                    decoded = "/".join(percent_decode(s) for s in segments[index:])
+                    params["path"] = check_object_path(decoded)
+                elif part == "{ns}":
+                    params["ns"] = check_namespace(percent_decode(segments[index]))
+                elif part.startswith("{"):
+                    params[part[1:-1]] = percent_decode(segments[index])
+        except BadName as error:
+            raise HTTPError(400, str(error)) from None
+        return params
+
+
+ROUTER = Router()
+route = ROUTER.route
+
+
+class ConnectionWatch:
+    """Deadlines for open connections, enforced by one sweeper thread.
+
+    A connection waiting for its next request may idle for IDLE_TIMEOUT. Once a
+    request starts, its headers and body must arrive in time: a client that
+    stalls or dribbles (slowloris) is cut off instead of holding a thread.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, tuple[float, bool]] = {}
+
+    def expect(self, sock: socket.socket, seconds: float, idle: bool = False) -> None:
+        with self._lock:
+            self._deadlines[sock] = (time.monotonic() + seconds, idle)
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def busy(self) -> int:
+        with self._lock:
+            return sum(not idle for _, idle in self._deadlines.values())
+
+    def sweep(self, idle_too: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            overdue = [sock for sock, (deadline, idle) in self._deadlines.items()
+                       if deadline <= now or (idle_too and idle)]
+            for sock in overdue:
+                del self._deadlines[sock]
+        for sock in overdue:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_date_cache = [0, ""]
+
+
+def date_header() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, http_date(now)]
+    return _date_cache[1]
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    """One connection: reads requests, frames bodies, writes answers in one send."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"oxsync/{VERSION}"
+    sys_version = ""
+    disable_nagle_algorithm = True   # TCP_NODELAY: no 40 ms stall per keep-alive request
+    timeout = 600                    # last resort; ConnectionWatch enforces the real limits
+
+    def setup(self):
+        super().setup()
+        self.app: App = self.server.app
+        self.requests_served = 0
+
+    def handle(self):
+        try:
+            super().handle()
+        except OSError:
+            pass  # the peer went away or the watch cut the connection
+        finally:
+            self.app.watch.forget(self.connection)
+
+    def handle_one_request(self):
+        watch, config = self.app.watch, self.app.config
+        first = self.requests_served == 0
+        watch.expect(self.connection, config.request_timeout_seconds if first else IDLE_TIMEOUT,
+                     idle=True)
+        if not self.rfile.peek(1):
+            self.close_connection = True
+            return
+        watch.expect(self.connection, config.request_timeout_seconds)
+        self.requests_served += 1
+        self.raw_requestline = self.rfile.readline(8193)
+        if len(self.raw_requestline) > 8192:
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not self.raw_requestline or not self.parse_request():
+            self.close_connection = True
+            return
+        if self.request_version == "HTTP/0.9":
+            self.close_connection = True  # 0.9 has no status line to answer with
+            return
+        self.serve()
+        if self.server.draining:
+            self.close_connection = True
+
+    # -- the request -------------------------------------------------------
+
+    def header(self, name: str) -> str | None:
+        """A header as text: X-OxideTerm-* values may be UTF-8, read by http.server as latin-1."""
+        value = self.headers.get(name)
+        if value is None:
+            return None
+        try:
+            return value.encode("latin-1").decode("utf-8").strip()
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise HTTPError(400, f"{name} header is not valid UTF-8") from None
+
+    def client_ip(self) -> str:
+        if self.app.config.trust_proxy_headers:
+            forwarded = self.headers.get("X-Forwarded-For") or self.headers.get("X-Real-IP")
+            if forwarded and forwarded.split(",")[0].strip():
+                return forwarded.split(",")[0].strip()[:64]
+        return self.client_address[0]
+
+    def is_https(self) -> bool:
+        return self.app.config.trust_proxy_headers and \
+            (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+
+    def check_framing(self) -> None:
+        """Header sanity and body framing, decided before any handler runs."""
+        self.body_length, self.chunked, self.body_read = 0, False, False
+        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in self.path):
+            raise HTTPError(400, "request target contains control characters", close=True)
+        if not self.path.startswith("/"):
+            raise HTTPError(400, "request target must be a path starting with '/'", close=True)
+        if self.headers.defects or self.headers.get_payload():
+            raise HTTPError(400, "malformed header section", close=True)
+        for name, value in self.headers.items():
+            if any(c in value for c in "\0\r\n") or any(c in name for c in "\0\r\n :"):
+                raise HTTPError(400, f"header {name[:40]!r} contains forbidden characters",
+                                close=True)
+        lengths = self.headers.get_all("Content-Length") or []
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        if lengths and encodings:
+            raise HTTPError(400, "send Content-Length or Transfer-Encoding, not both",
+                            close=True)
+        if encodings:
+            if [e.strip().lower() for e in encodings] != ["chunked"]:
+                raise HTTPError(400, "only Transfer-Encoding: chunked is supported", close=True)
+            self.chunked = True
+        elif lengths:
+            if len(lengths) > 1:
+                raise HTTPError(400, "more than one Content-Length header", close=True)
+            value = lengths[0].strip()
+            if not value.isdigit() or not value.isascii() or len(value) > 18:
+                raise HTTPError(400, f"Content-Length must be a whole number of bytes, "
+                                     f"got {value[:40]!r}", close=True)
+            self.body_length = int(value)
+
+    def read_body(self, limit: int, what: str = "body"):
+        """The whole request body (at most `limit` bytes), as a bytearray.
+
+        The size is decided from Content-Length before a byte of the body is read.
+        """
+        if not self.chunked and "Content-Length" not in self.headers:
+            raise HTTPError(411, "send a Content-Length header (or chunked "
+                                 "Transfer-Encoding) with the body", close=True)
+        if self.body_length > limit:
+            raise HTTPError(413, f"{what} is {self.body_length} bytes; this server accepts at "
+                                 f"most {limit} bytes", close=True)
+        if (self.headers.get("Expect") or "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        expected = self.body_length if not self.chunked else limit
+        self.app.watch.expect(self.connection, self.app.config.request_timeout_seconds
+                              + expected / MIN_UPLOAD_RATE)
+        body = self._read_chunked(limit, what) if self.chunked else self._read_exact(
+            self.body_length)
+        self.body_read = True
+        return body
+
+    def _read_exact(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view, filled = memoryview(buffer), 0
+        try:
+            while filled < size:
+                count = self.rfile.readinto(view[filled:filled + MiB])
+                if not count:
+                    raise ClientGone()
+                filled += count
+        except OSError:
+            raise ClientGone() from None
+        return buffer
+
+    def _read_line(self) -> bytes:
+        line = self.rfile.readline(1026)
+        if not line:
+            raise ClientGone()
+        if not line.endswith(b"\n") or len(line) > 1024:
+            raise HTTPError(400, "malformed chunked body", close=True)
+        return line
+
+    def _read_chunked(self, limit: int, what: str) -> bytearray:
+        body = bytearray()
+        while True:
+            size_text = self._read_line().split(b";", 1)[0].strip()
+            if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size_text):
+                raise HTTPError(400, "invalid chunk size in chunked body", close=True)
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            if len(body) + size > limit:
+                raise HTTPError(413, f"{what} is over {limit} bytes, the most this server "
+                                     "accepts", close=True)
+            body += self._read_exact(size)
+            if self._read_line().strip():
+                raise HTTPError(400, "chunk data longer than its size", close=True)
+        for _ in range(100):  # trailer fields, ignored
+            if not self._read_line().strip():
+                return body
+        raise HTTPError(400, "too many trailer fields", close=True)
+
+    def discard_unread_body(self) -> None:
+        """Keep the connection usable: drain a small unread body, or close it."""
+        if self.body_read or (not self.chunked and self.body_length == 0):
+            return
+        if self.chunked or self.body_length > SMALL_BODY or self.close_connection:
+            self.close_connection = True
+            return
+        try:
+            self._read_exact(self.body_length)
+        except ClientGone:
+            self.close_connection = True
+
+    # -- answering ---------------------------------------------------------
+
+    def serve(self) -> None:
+        started = time.perf_counter()
+        self.token_id, route = None, None
+        try:
+            self.check_framing()
+            route, params = ROUTER.match(self.path.split("?", 1)[0])
+            handler = route.methods.get("GET" if self.command == "HEAD" else self.command)
+            if handler is None and self.command == "OPTIONS" and route.cors:
+                handler = cors_preflight
+            if handler is None:
+                allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods
+                                                       else set()))
+                raise HTTPError(405, f"{self.command} is not allowed here; use "
+                                     f"{', '.join(allowed)}",
+                                headers=[("Allow", ", ".join(allowed))])
+            response = handler(self, **params)
+        except HTTPError as error:
+            self.close_connection = self.close_connection or error.close
+            response = error_response(error)
+        except ClientGone:
+            self.close_connection = True
+            return
+        except Exception as error:  # noqa: BLE001 - every failure becomes a JSON answer
+            response = error_response(self.app.explain_failure(error, self))
+        self.discard_unread_body()
+        if route is not None and route.cors:
+            response.headers.extend(self.app.cors_headers(self.headers.get("Origin")))
+        self.write_response(response)
+        self.app.log_access(self, route.template if route else "-", response,
+                            time.perf_counter() - started)
+
+    def send_error(self, code, message=None, explain=None):
+        """Called by http.server itself for requests it cannot parse."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        text = {414: "request line is longer than 8 KiB",
+                431: "header line over 64 KiB or more than 100 header fields",
+                505: "only HTTP/1.0 and HTTP/1.1 are served"}.get(int(code))
+        error = HTTPError(status, text or f"malformed HTTP request: {message or status.phrase}")
+        response = error_response(error)
+        self.write_response(response)
+        self.app.log_access(self, "-", response, 0.0)
+
+    def write_response(self, response: Response) -> None:
+        status = HTTPStatus(response.status)
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}", f"Date: {date_header()}",
+                 f"Server: oxsync/{VERSION}"]
+        lines += [f"{name}: {value}" for name, value in response.headers]
+        body = response.body
+        if status not in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
+            lines.append(f"Content-Length: {len(body)}")
+        if self.command == "HEAD" or status in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
+            body = b""
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.bytes_sent = len(body)
+        if len(body) <= SMALL_BODY:
+            self.wfile.write(head + body)
+        else:
+            self.app.watch.expect(self.connection, self.app.config.request_timeout_seconds
+                                  + len(body) / MIN_UPLOAD_RATE)
+            self.wfile.write(head)
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):  # http.server's own stderr lines
+        log.debug("http.server: " + format, *args)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them; the rest get 503."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, app: "App"):
+        self.app = app
+        self.draining = False
+        host, port = app.config.listen
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(app.config.max_connections)
+        super().__init__((host, port), RequestHandler)
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # TCPServer's bind: http.server's own would look up the host's FQDN in DNS.
+        http.server.socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Too many connections: a quick 503 that the client retries after Retry-After."""
+        log.warning("connection limit (%d) reached; answering 503",
+                    self.app.config.max_connections)
+        body = json_body({"error": {"code": "unavailable", "message": "the server is at its "
+                                    "connection limit; retry shortly"}})
+        with contextlib.suppress(OSError):
+            sock.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                sock.recv(65536)
+            sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.shutdown_request(sock)
+
+
+class App:
+    """What every request needs: settings, the store, the sealer, counters."""
+
+    def __init__(self, config: Config, store: Store, sealer: Sealer):
+        self.config, self.store, self.sealer = config, store, sealer
+        self.usage = UsageCounter()
+        self.watch = ConnectionWatch()
+        self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
+        self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
+        self.auth_failures = 0
+        self.conflicts = 0
+
+    def disk_free(self) -> int:
+        return shutil.disk_usage(self.data_dir).free
+
+    def require_space(self, incoming: int) -> None:
+        free = self.disk_free()
+        if free - incoming < self.config.min_free_disk_bytes:
+            log.error("refusing a write: %d bytes free on the data disk, minimum %d", free,
+                      self.config.min_free_disk_bytes)
+            raise HTTPError(507, "the server's disk is nearly full, so it accepts no writes; "
+                                 "ask its administrator to free space", close=True)
+
+    def cors_headers(self, origin: str | None) -> list[tuple[str, str]]:
+        allowed = self.config.sync_cors_allowed_origins
+        if "*" in allowed:
+            return [("Access-Control-Allow-Origin", "*"),
+                    ("Access-Control-Expose-Headers", "ETag")]
+        if origin and origin.rstrip("/") in allowed:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                    ("Access-Control-Expose-Headers", "ETag")]
+        return [("Vary", "Origin")]
+
+    def explain_failure(self, error: Exception, request) -> HTTPError:
+        """An unexpected exception as a JSON answer; the traceback goes to the log only."""
+        name = getattr(error, "sqlite_errorname", "")
+        if name.startswith("SQLITE_FULL") or getattr(error, "errno", None) == 28:
+            log.error("disk full while answering %s %s: %s", request.command,
+                      request.path[:200], error)
+            return HTTPError(507, "the server's disk is full; nothing was stored; ask its "
+                                  "administrator to free space")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            log.warning("database busy answering %s %s", request.command, request.path[:200])
+            return HTTPError(503, "the database is busy; nothing was stored; retry shortly")
+        log.exception("unexpected error answering %s %s", request.command, request.path[:200])
+        return HTTPError(500, "the server hit an unexpected error; its log has the details")
+
+    def log_access(self, request, template: str, response: Response, seconds: float) -> None:
+        level = logging.DEBUG if template in ("/health", "/ready") else logging.INFO
+        if access_log.isEnabledFor(level):
+            access_log.log(level, "%s %s %s %d %dB %.1fms token=%s", request.client_address[0],
+                           request.command, template, response.status,
+                           getattr(request, "bytes_sent", 0), seconds * 1000,
+                           getattr(request, "token_id", None) or "-")
+
+
+def cors_preflight(request: RequestHandler, **_) -> Response:
+    headers = [("Access-Control-Allow-Methods", "GET, PUT, OPTIONS"),
+               ("Access-Control-Allow-Headers", SYNC_REQUEST_HEADERS),
+               ("Access-Control-Max-Age", "600")]
+    return Response(204, headers=headers)
+
+
+SYNC_REQUEST_HEADERS = ("Authorization, Content-Type, If-Match, If-None-Match, "
+                        "X-OxideTerm-Revision, X-OxideTerm-Device-Id, "
+                        "X-OxideTerm-Section-Revisions, X-OxideTerm-Client-Version")
+
+
+# ---------------------------------------------------------------------------
+# 7. Sync API (PROTOCOL.md sections 4-6)
+# ---------------------------------------------------------------------------
+
+METADATA_LIMIT = 256 * 1024
+MAX_JSON_DEPTH = 100
+SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
+EMPTY_METADATA = json_body({"exists": False, "contentLength": 0})
+SERVER_OWNED_FIELDS = ("exists", "etag", "contentLength", "contentHash")
+TYPES_BY_EXTENSION = {".json": "application/json", ".oxide": SNAPSHOT_TYPE}
+
+
+class ConflictError(HTTPError):
+    """412: the etag the client sent is not the current one. The client matches this body."""
+
+    def __init__(self, message: str, remote_etag: str | None, remote_revision: str | None):
+        super().__init__(412, message, code="etag_conflict_detected")
+        self.remote = {"remoteRevision": remote_revision, "remoteEtag": remote_etag}
+
+    def payload(self) -> dict:
+        error = {"code": self.code, "message": self.message}
+        error.update((k, v) for k, v in self.remote.items() if v is not None)
+        return {"ok": False, "error": error}
+
+
+def quote_etag(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def parse_json_object(body, what: str) -> dict:
+    """Strict JSON: UTF-8, an object, finite numbers, no duplicate keys, bounded depth."""
+    def no_duplicates(pairs):
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            seen = set()
+            duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"duplicate key {duplicate!r}")
+        return result
+
+    def finite(text):
+        number = float(text)
+        if number in (float("inf"), float("-inf")):
+            raise ValueError(f"number {text[:40]} is out of range")
+        return number
+
+    def reject_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=no_duplicates,
+                           parse_float=finite, parse_constant=reject_constant)
+    except UnicodeDecodeError:
+        raise HTTPError(400, f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise HTTPError(400, f"{what} is nested too deeply") from None
+    except ValueError as error:
+        raise HTTPError(400, f"{what} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise HTTPError(400, f"{what} must be a JSON object, not {type(value).__name__}")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def json_depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item \
+            if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return deepest
+
+
+def sync_access(request, db, namespace: str, permission: str):
+    """Authenticate and authorize a sync call -> (token row, namespace row or None)."""
+    try:
+        token = authenticate(db, token_from_header(request.headers.get("Authorization")))
+    except HTTPError:
+        request.app.auth_failures += 1
+        raise
+    request.token_id = token["id"]
+    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    authorize(token, namespace, row, permission)
+    version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
+    request.app.usage.record(token["id"], namespace, request.client_ip(), version)
+    return token, row
+
+
+def authorize_write(request, namespace: str) -> None:
+    with request.app.store.read() as db:
+        sync_access(request, db, namespace, "write")
+
+
+def request_conditions(request) -> list[tuple[frozenset | str, bool]]:
+    """If-Match (must match) and If-None-Match (must not), parsed before the body is read."""
+    conditions = []
+    for name, must_match in (("If-Match", True), ("If-None-Match", False)):
+        values = request.headers.get_all(name)
+        if values:
+            try:
+                conditions.append((parse_etags(", ".join(values)), must_match))
+            except BadName as error:
+                raise HTTPError(400, f"{name}: {error}") from None
+    return conditions
+
+
+def conditions_hold(conditions, current_etag: str | None) -> bool:
+    return all(etag_matches(tags, current_etag) == must_match for tags, must_match in conditions)
+
+
+def not_modified(request, etag: str | None) -> Response | None:
+    """304 for a GET whose If-None-Match names the current etag."""
+    conditions = [c for c in request_conditions(request) if not c[1]]
+    if etag is not None and conditions and not conditions_hold(conditions, etag):
+        return Response(304, headers=[("ETag", quote_etag(etag))])
+    return None
+
+
+def writable_namespace(db, namespace: str, now: float):
+    row = ensure_namespace(db, namespace, now)
+    if row["deleted_at"] is not None:
+        raise HTTPError(410, f"namespace '{namespace}' was deleted on the server; its data is "
+                             "kept until an administrator restores or purges it")
+    return row
+
+
+def stored_metadata(row) -> dict:
+    return json.loads(row["metadata"]) if row is not None and row["metadata"] else {}
+
+
+def save_metadata(db, namespace: str, metadata: dict, now: float) -> None:
+    db.execute("UPDATE namespaces SET metadata = ?, etag = ?, updated_at = ? WHERE name = ?",
+               (json_body(metadata).decode(), metadata["etag"], now, namespace))
+
+
+def conflict_or_none(db, request, conditions, namespace: str, operation: str, *,
+                     current_etag, current_revision=None, path=None, revision=None,
+                     device_id=None) -> ConflictError | None:
+    """Check the preconditions inside the write transaction; log a conflict row if they fail."""
+    if conditions_hold(conditions, current_etag):
+        return None
+    requested = ", ".join("*" if tags == ANY_ETAG else ", ".join(sorted(tags))
+                          for tags, _ in conditions)
+    record_conflict(db, namespace, operation, path=path, device_id=device_id,
+                    token_id=request.token_id, requested_etag=requested,
+                    requested_revision=revision, remote_etag=current_etag,
+                    remote_revision=current_revision)
+    request.app.conflicts += 1
+    log.info("412 conflict on %s of namespace %r%s: sent %s, current %s", operation, namespace,
+             f" path {path!r}" if path else "", requested, current_etag)
+    what = "object" if operation == "object" else "snapshot"
+    return ConflictError(f"Remote {what} changed before upload completed", current_etag,
+                         current_revision)
+
+
+def write_answer(metadata: dict) -> Response:
+    answer = {"ok": True, "revision": metadata.get("revision"), "etag": metadata["etag"]}
+    if "sectionRevisions" in metadata:
+        answer["sectionRevisions"] = metadata["sectionRevisions"]
+    return json_response(answer, headers=[("ETag", quote_etag(metadata["etag"]))])
+
+
+def open_payload(request, stored, key_id, namespace: str, kind: str, path: str = ""):
+    try:
+        return request.app.sealer.open(stored, key_id, payload_context(namespace, kind, path))
+    except SealError as error:
+        where = f"object {path!r}" if path else "snapshot"
+        log.error("cannot open the stored %s of namespace %r: %s", where, namespace, error)
+        raise HTTPError(500, f"the stored {where} could not be decrypted; the server's "
+                             "administrator should check its log") from None
+
+
+def request_content_type(request) -> str | None:
+    value = request.header("Content-Type")
+    if value and (len(value) > 200 or not value.isprintable() or not value.isascii()):
+        raise HTTPError(400, "Content-Type must be printable ASCII of at most 200 characters")
+    return value or None
+
+
+@route("GET", "/v1/namespaces/{ns}/metadata")
+def get_metadata(request, ns):
+    with request.app.store.read() as db:
+        _, row = sync_access(request, db, ns, "read")
+    if row is None or row["metadata"] is None:
+        return Response(200, EMPTY_METADATA, content_type="application/json")
+    etag = row["etag"]
+    return not_modified(request, etag) or Response(
+        200, row["metadata"].encode(), [("ETag", quote_etag(etag))], "application/json")
+
+
+@route("PUT", "/v1/namespaces/{ns}/metadata")
+def put_metadata(request, ns):
+    app = request.app
+    authorize_write(request, ns)
+    conditions = request_conditions(request)
+    app.require_space(request.body_length)
+    manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata"), "metadata")
+    revision = manifest.get("revision")
+    if not isinstance(revision, str) or not revision:
+        raise HTTPError(400, "metadata needs a non-empty string 'revision'")
+    now = time.time()
+    with app.store.write() as db:
+        row = writable_namespace(db, ns, now)
+        previous = stored_metadata(row)
+        conflict = conflict_or_none(db, request, conditions, ns, "metadata",
+                                    current_etag=row["etag"],
+                                    current_revision=previous.get("revision"),
+                                    revision=revision, device_id=manifest.get("deviceId"))
+        if conflict is None:
+            metadata = {"exists": True}
+            metadata.update((key, value) for key, value in manifest.items()
+                            if key not in SERVER_OWNED_FIELDS and value is not None)
+            metadata.setdefault("uploadedAt", rfc3339(now))
+            metadata["etag"] = new_etag()
+            metadata["contentLength"] = previous.get("contentLength", 0)
+            if "contentHash" in previous:
+                metadata["contentHash"] = previous["contentHash"]
+            save_metadata(db, ns, metadata, now)
+            record_manifest(db, ns, metadata, now, request.token_id)
+    if conflict:
+        raise conflict
+    return write_answer(metadata)
+
+
+def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: str | None,
+                    rollback_of: int | None = None) -> int:
+    """Every accepted manifest becomes a version in the namespace's history."""
+    seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
+                     (namespace,)).fetchone()[0]
+    device = metadata.get("deviceId")
+    db.execute("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
+               "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (namespace, seq, now, metadata["etag"], str(metadata.get("revision")),
+                device if isinstance(device, str) else None,
+                metadata.get("format") if isinstance(metadata.get("format"), str) else None,
+                token_id, rollback_of, json_body(metadata).decode()))
+    return seq
+
+
+@route("GET", "/v1/namespaces/{ns}/blob")
+def get_blob(request, ns):
+    with request.app.store.read() as db:
+        _, row = sync_access(request, db, ns, "read")
+        blob = db.execute("SELECT rowid, key_id FROM blobs WHERE namespace = ?",
+                          (ns,)).fetchone()
+        if blob is None:
+            raise HTTPError(404, f"namespace '{ns}' has no snapshot yet")
+        cached = not_modified(request, row["etag"])
+        if cached:
+            return cached
+        stored = read_payload(db, "blobs", blob["rowid"])
+    data = open_payload(request, stored, blob["key_id"], ns, "blob")
+    return Response(200, data, [("ETag", quote_etag(row["etag"]))], SNAPSHOT_TYPE)
+
+
+@route("PUT", "/v1/namespaces/{ns}/blob")
+def put_blob(request, ns):
+    app = request.app
+    authorize_write(request, ns)
+    conditions = request_conditions(request)
+    revision = request.header("X-OxideTerm-Revision")
+    if not revision:
+        raise HTTPError(400, "X-OxideTerm-Revision header is required: the revision of the "
+                             "snapshot being uploaded")
+    device_id = request.header("X-OxideTerm-Device-Id") or None
+    section_revisions = None
+    with contextlib.suppress(ValueError):  # not valid JSON: ignored, as the contract says
+        section_revisions = json.loads(request.header("X-OxideTerm-Section-Revisions") or "")
+    content_type = request_content_type(request) or SNAPSHOT_TYPE
+    app.require_space(request.body_length)
+    body = request.read_body(app.config.max_blob_size, "snapshot")
+    size, digest = len(body), hashlib.sha256(body).hexdigest()
+    stored, key_id = app.sealer.seal(body, payload_context(ns, "blob"))
+    del body
+    now = time.time()
+    with app.store.write() as db:
+        row = writable_namespace(db, ns, now)
+        metadata = stored_metadata(row)
+        conflict = conflict_or_none(db, request, conditions, ns, "blob",
+                                    current_etag=row["etag"],
+                                    current_revision=metadata.get("revision"),
+                                    revision=revision, device_id=device_id)
+        if conflict is None:
+            metadata.update(exists=True, revision=revision, etag=new_etag(), contentHash=digest,
+                            uploadedAt=rfc3339(now), contentLength=size, contentType=content_type)
+            metadata.pop("deviceId", None)
+            metadata.pop("sectionRevisions", None)
+            if device_id:
+                metadata["deviceId"] = device_id
+            if isinstance(section_revisions, dict):
+                metadata["sectionRevisions"] = section_revisions
+            save_metadata(db, ns, metadata, now)
+            rowid = db.execute(
+                "INSERT OR REPLACE INTO blobs (namespace, data, key_id, size, sha256, "
+                "updated_at) VALUES (?, zeroblob(?), ?, ?, ?, ?)",
+                (ns, len(stored), key_id, size, digest, now)).lastrowid
+            write_payload(db, "blobs", rowid, stored)
+    if conflict:
+        raise conflict
+    return write_answer(metadata)
+
+
+@route("GET", "/v1/namespaces/{ns}/objects/{path*}")
+def get_object(request, ns, path):
+    with request.app.store.read() as db:
+        sync_access(request, db, ns, "read")
+        row = db.execute("SELECT rowid, key_id, etag, content_type, updated_at FROM objects "
+                         "WHERE namespace = ? AND path = ?", (ns, path)).fetchone()
+        if row is None:
+            raise HTTPError(404, f"no object {path!r} in namespace '{ns}'")
+        cached = not_modified(request, row["etag"])
+        if cached:
+            return cached
+        stored = read_payload(db, "objects", row["rowid"])
+    data = open_payload(request, stored, row["key_id"], ns, "object", path)
+    content_type = row["content_type"] or TYPES_BY_EXTENSION.get(
+        os.path.splitext(path)[1].lower(), "application/octet-stream")
+    return Response(200, data, [("ETag", quote_etag(row["etag"])),
+                                ("Last-Modified", http_date(row["updated_at"]))], content_type)
+
+
+@route("PUT", "/v1/namespaces/{ns}/objects/{path*}")
+def put_object(request, ns, path):
+    app = request.app
+    authorize_write(request, ns)
+    conditions = request_conditions(request)
+    content_type = request_content_type(request)
+    app.require_space(request.body_length)
+    body = request.read_body(app.config.max_object_size, "object")
+    size = len(body)
+    stored, key_id = app.sealer.seal(body, payload_context(ns, "object", path))
+    del body
+    now = time.time()
+    with app.store.write() as db:
+        writable_namespace(db, ns, now)
+        existing = db.execute("SELECT etag FROM objects WHERE namespace = ? AND path = ?",
+                              (ns, path)).fetchone()
+        conflict = conflict_or_none(db, request, conditions, ns, "object", path=path,
+                                    current_etag=existing["etag"] if existing else None)
+        if conflict is None:
+            etag = new_etag()
+            rowid = db.execute(
+                "INSERT OR REPLACE INTO objects (namespace, path, data, key_id, size, etag, "
+                "content_type, updated_at) VALUES (?, ?, zeroblob(?), ?, ?, ?, ?, ?)",
+                (ns, path, len(stored), key_id, size, etag, content_type, now)).lastrowid
+            write_payload(db, "objects", rowid, stored)
+            db.execute("UPDATE namespaces SET updated_at = ? WHERE name = ?", (now, ns))
+    if conflict:
+        raise conflict
+    return json_response({"ok": True, "etag": etag}, 200 if existing else 201,
+                         [("ETag", quote_etag(etag))])
+
+
+@route("GET", "/health")
+def health(request):
+    return json_response({"status": "ok", "service": SERVICE_NAME})
+
+
+@route("GET", "/ready")
+def ready(request):
+    app = request.app
+    free = app.disk_free()
+    writable = app.store.is_writable()
+    above = free >= app.config.min_free_disk_bytes
+    with app.store.read() as db:
+        admin_enabled = admin_exists(db)
+    body = {"status": "ok" if writable and above else "degraded", "dbWritable": writable,
+            "diskFreeBytes": free, "minFreeDiskBytes": app.config.min_free_disk_bytes,
+            "diskAboveMinimum": above, "encryptionEnabled": app.sealer.enabled,
+            "adminEnabled": admin_enabled,
+            "jwtSecretPersistent": app.config.admin_jwt_secret is not None, "version": VERSION}
+    if writable and above:
+        return json_response(body)
+    return json_response(body, 503, [("Retry-After", "5")])
+
+
+@route("GET", "/")
+def root(request):
+    return Response(302, b"", [("Location", "admin")])
+
+
+# ---------------------------------------------------------------------------
+# 8. Admin API (PROTOCOL.md section 8)
+# ---------------------------------------------------------------------------
+
+SCRYPT = {"n": 2 ** 15, "r": 8, "p": 1}
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    """scrypt with a random salt; the parameters are stored so they can be raised later."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=64 * MiB, dklen=32, **SCRYPT)
+    return f"scrypt${SCRYPT['n']}${SCRYPT['r']}${SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        actual = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n),
+                                r=int(r), p=int(p), maxmem=128 * MiB, dklen=len(digest) // 2)
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual.hex(), digest)
+
+
+def check_password_strength(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def set_admin_password(db, username: str, password: str) -> bool:
+    """Create or reset (and enable) an admin user -> True when the user is new."""
+    now = time.time()
+    new = db.execute("SELECT 1 FROM admin_users WHERE username = ?", (username,)).fetchone() \
+        is None
+    db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
+               "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+               "password_hash = excluded.password_hash, enabled = 1, updated_at = excluded."
+               "updated_at", (username, hash_password(check_password_strength(password)),
+                              now, now))
+    return new
+
+
+def admin_exists(db) -> bool:
+    return db.execute("SELECT 1 FROM admin_users WHERE enabled = 1 LIMIT 1").fetchone() \
+        is not None
+
+
+@route("GET", "/admin")
+def admin_page(request):
+    with request.app.store.read() as db:
+        enabled = admin_exists(db)
+    if not enabled:
+        raise HTTPError(404, "the admin page is off because no admin user exists; start oxsync "
+                             "with ADMIN_PASSWORD set (or run: oxsync admin set-password)")
+    raise HTTPError(404, "the admin page is not built yet")
+
+
+# ---------------------------------------------------------------------------
+# 9. CLI: serve, and the operator commands (safe while the server runs)
+# ---------------------------------------------------------------------------
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record):
+        line = {"time": rfc3339(record.created), "level": record.levelname.lower(),
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", style: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if style == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.handlers[:] = [handler]
+    root_logger.setLevel(level)
+
+
+def housekeeping(app: App, stop: threading.Event) -> None:
+    """Cuts overdue connections twice a second; writes token usage every 5 seconds."""
+    last_flush = time.monotonic()
+    while not stop.wait(0.5):
+        app.watch.sweep()
+        if time.monotonic() - last_flush >= 5:
+            last_flush = time.monotonic()
+            try:
+                app.usage.flush(app.store)
+            except sqlite3.Error as error:
+                log.warning("could not write token usage yet: %s", error)
+
+
+def drain(server: Server, app: App, grace: float = 10.0) -> None:
+    """Stop accepting, close idle connections, let in-flight requests finish."""
+    server.draining = True
+    server.server_close()
+    deadline = time.monotonic() + grace
+    while True:
+        app.watch.sweep(idle_too=True)
+        busy = app.watch.busy()
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            log.warning("%d requests still running after %.0fs; stopping anyway", busy, grace)
+            return
+        time.sleep(0.05)
+
+
+def run_server(config: Config) -> int:
+    store, sealer = open_store(config)
+    if config.admin_password:
+        try:
+            with store.write() as db:
+                created = set_admin_password(db, config.admin_username, config.admin_password)
+        except ValueError as error:
+            raise ConfigError(f"ADMIN_PASSWORD: {error}") from None
+        log.info("admin user %r %s from ADMIN_PASSWORD", config.admin_username,
+                 "created" if created else "enabled and its password reset")
+    if config.admin_jwt_secret is None:
+        log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
+                    "when the server restarts")
+    app = App(config, store, sealer)
+    host, port = config.listen
+    try:
+        server = Server(app)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    stop = threading.Event()
+    threading.Thread(target=housekeeping, args=(app, stop), daemon=True,
+                     name="housekeeping").start()
+
+    def on_signal(signum, _frame):
+        log.info("%s received: finishing requests in flight", signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("oxsync %s listening on %s:%d (database %s, encryption %s)", VERSION, host,
+             server.server_port, config.db_path,
+             f"on, key id {sealer.key_id}" if sealer.enabled else "off")
+    server.serve_forever(poll_interval=0.25)
+    drain(server, app)
+    stop.set()
+    app.usage.flush(store)
+    store.checkpoint()
+    store.close()
+    log.info("stopped cleanly")
+    return 0
+
+
+def cli_store(args) -> Store:
+    """The existing database named by --db-path / DB_PATH (never created by a typo)."""
+    path = resolve_options(args, [DB_OPTION])["db_path"]
+    if not os.path.exists(path):
+        raise ConfigError(f"no database at {path}; start the server once, or pass --db-path "
+                          "(env DB_PATH)")
+    return Store(path)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    def text(value):
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return "-" if value is None else str(value)
+    cells = [[text(row[key]) for key, _ in columns] for row in rows]
+    widths = [max([len(title)] + [len(line[i]) for line in cells])
+              for i, (_, title) in enumerate(columns)]
+    for line in [[title for _, title in columns]] + cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def cmd_serve(args) -> int:
+    config = Config(**resolve_options(args, SERVER_OPTIONS))
+    configure_logging(config.log_level, config.log_format)
+    return run_server(config)
+
+
+def cmd_token_create(args) -> int:
+    settings = resolve_options(args, [TTL_OPTION])
+    try:
+        expires = parse_rfc3339(args.expires_at) if args.expires_at else None
+        if expires is None and settings["default_token_ttl_seconds"]:
+            expires = time.time() + settings["default_token_ttl_seconds"]
+        with cli_store(args).write() as db:
+            token_id, raw = create_token(db, args.name, args.namespace, args.permissions,
+                                         expires)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(raw)
+    print(f"created token {token_id} '{args.name}' for namespaces matching '{args.namespace}' "
+          f"({parse_permissions(args.permissions)}), "
+          f"{'expires ' + rfc3339(expires) if expires else 'never expires'}.\n"
+          "It is shown only now. In OxideTerm: Settings > Cloud Sync > HTTP JSON, paste it "
+          "as the token.", file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args) -> int:
+    with cli_store(args).read() as db:
+        tokens = [token_view(row) for row in
+                  db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()]
+    if args.json:
+        print(json.dumps(tokens, indent=2))
+    else:
+        print_table(tokens, [("id", "ID"), ("name", "NAME"), ("namespacePattern", "NAMESPACES"),
+                             ("permissions", "PERMISSIONS"), ("enabled", "ENABLED"),
+                             ("expiresAt", "EXPIRES"), ("useCount", "USES"),
+                             ("lastUsedAt", "LAST USED"), ("lastNamespace", "LAST NAMESPACE"),
+                             ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT")])
+    return 0
+
+
+def cmd_token_change(args) -> int:
+    with cli_store(args).write() as db:
+        if args.action == "rotate":
+            raw = rotate_token(db, args.id)
+            found = raw is not None
+        elif args.action == "delete":
+            found = db.execute("DELETE FROM tokens WHERE id = ?", (args.id,)).rowcount > 0
+        else:
+            found = db.execute("UPDATE tokens SET enabled = ? WHERE id = ?",
+                               (args.action == "enable", args.id)).rowcount > 0
+    if not found:
+        print(f"oxsync: no token with id {args.id!r} (see: oxsync token list)", file=sys.stderr)
+        return 1
+    if args.action == "rotate":
+        print(raw)
+        print(f"token {args.id} rotated: the old secret no longer works; paste this new one "
+              "into OxideTerm.", file=sys.stderr)
+    else:
+        print(f"token {args.id} {args.action}d", file=sys.stderr)
+    return 0
+
+
+def cmd_namespace_list(args) -> int:
+    with cli_store(args).read() as db:
+        views = namespace_views(db)
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        print_table(views, [("name", "NAMESPACE"), ("deleted", "DELETED"), ("format", "FORMAT"),
+                            ("revision", "REVISION"), ("deviceId", "DEVICE"),
+                            ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
+                            ("objectBytes", "OBJECT BYTES"), ("lastWriteAt", "LAST WRITE")])
+    return 0
+
+
+def cmd_namespace_change(args) -> int:
+    try:
+        name = check_namespace(args.namespace)
+    except BadName as error:
+        raise ConfigError(str(error)) from None
+    with cli_store(args).write() as db:
+        row = db.execute("SELECT deleted_at FROM namespaces WHERE name = ?", (name,)).fetchone()
+        if args.action == "create":
+            if row is None:
+                db.execute("INSERT INTO namespaces (name, created_at) VALUES (?, ?)",
+                           (name, time.time()))
+            message = "created" if row is None else None
+        elif row is None:
+            message = None
+        elif args.action == "purge":
+            if row["deleted_at"] is None:
+                print(f"oxsync: namespace '{name}' is not deleted; run 'oxsync namespace delete "
+                      f"{name}' first", file=sys.stderr)
+                return 1
+            message = f"purged ({purge_namespace(db, name)} bytes freed)"
+        else:
+            set_namespace_deleted(db, name, args.action == "delete")
+            message = "deleted (data kept; restore or purge it later)" \
+                if args.action == "delete" else "restored"
+    if message is None:
+        problem = "already exists" if args.action == "create" else "does not exist"
+        print(f"oxsync: namespace '{name}' {problem}", file=sys.stderr)
+        return 1
+    print(f"namespace '{name}' {message}", file=sys.stderr)
+    return 0
+
+
+def read_new_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("New admin password: ")
+    if getpass.getpass("Repeat it: ") != first:
+        raise ConfigError("the passwords differ")
+    return first
+
+
+def cmd_admin_set_password(args) -> int:
+    username = args.username or os.environ.get("ADMIN_USERNAME") or "admin"
+    store = cli_store(args)
+    try:
+        with store.write() as db:
+            created = set_admin_password(db, username, read_new_password())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(f"admin user '{username}' {'created' if created else 'password reset'}",
+          file=sys.stderr)
+    return 0
+
+
+DB_OPTION = STORE_OPTIONS[0]
+TTL_OPTION = next(o for o in SERVER_OPTIONS if o.env == "DEFAULT_TOKEN_TTL_SECONDS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oxsync", description="Self-hosted Cloud Sync server for OxideTerm. Without a "
+        "command it serves: 'oxsync --listen 0.0.0.0:8730 --db-path ./sync.db'.",
+        epilog="Every command takes --help. Settings come from flags, then environment "
+        "variables, then an optional ./.env file.")
+    parser.add_argument("--version", action="version", version=f"oxsync {VERSION}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(parent, name, help_text, run, options=(DB_OPTION,)):
+        sub = parent.add_parser(name, help=help_text, description=help_text)
+        add_options(sub, list(options))
+        sub.set_defaults(run=run)
+        return sub
+
+    command(commands, "serve", "run the sync server (the default command)", cmd_serve,
+            SERVER_OPTIONS)
+
+    tokens = commands.add_parser("token", help="create and manage API tokens",
+                                 description="create and manage API tokens")
+    token_actions = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = command(token_actions, "create", "create a token; prints the secret once on "
+                     "stdout", cmd_token_create, (DB_OPTION, TTL_OPTION))
+    create.add_argument("--name", required=True, help="what the token is for, e.g. 'laptop'")
+    create.add_argument("--namespace", required=True, metavar="PATTERN",
+                        help="'*', an exact namespace, or a prefix ending in '*' ('team/*')")
+    create.add_argument("--permissions", default="read,write",
+                        help="read, write or read,write (default)")
+    create.add_argument("--expires-at", metavar="RFC3339",
+                        help="expiry such as 2027-06-30T00:00:00Z (default: "
+                             "DEFAULT_TOKEN_TTL_SECONDS, else never)")
+    listing = command(token_actions, "list", "list tokens and their use", cmd_token_list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
+                         ("rotate", "give a token a new secret; the old one stops working"),
+                         ("delete", "delete a token")):
+        command(token_actions, action, text, cmd_token_change).add_argument(
+            "id", help="token id (see: oxsync token list)")
+
+    spaces = commands.add_parser("namespace", help="list and manage namespaces",
+                                 description="list and manage namespaces")
+    space_actions = spaces.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = command(space_actions, "list", "list namespaces with sizes and last sync",
+                      cmd_namespace_list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for action, text in (("create", "create an empty namespace"),
+                         ("delete", "soft-delete: sync answers 410, data is kept"),
+                         ("restore", "undo a soft delete"),
+                         ("purge", "remove a soft-deleted namespace and all its data")):
+        command(space_actions, action, text, cmd_namespace_change).add_argument(
+            "namespace", help="namespace name, e.g. team/default")
+
+    admin = commands.add_parser("admin", help="manage admin page users",
+                                description="manage admin page users")
+    admin_actions = admin.add_subparsers(dest="action", metavar="ACTION", required=True)
+    password = command(admin_actions, "set-password", "create an admin user or reset its "
+                       "password (read from the terminal, or one line of stdin)",
+                       cmd_admin_set_password)
+    password.add_argument("--username", help="default: ADMIN_USERNAME, else admin")
+    parser.set_defaults(command_names=set(commands.choices))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known = parser.get_default("command_names")
+    if not argv or (argv[0] not in known and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        configure_logging("WARNING")
+    try:
+        return args.run(args)
+    except (ConfigError, StoreError) as error:
+        print(f"oxsync: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
