@@ -32,6 +32,7 @@ import getpass
 import hashlib
 import hmac
 import http
+import http.cookies
 import http.server
 import json
 import logging
@@ -699,6 +700,10 @@ class Store:
         row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def file_bytes(self) -> int:
+        return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
+                   if os.path.exists(self.path + suffix))
+
     def checkpoint(self) -> None:
         with self._write_lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1007,7 +1012,7 @@ def error_response(error: HTTPError) -> Response:
 class Route:
     def __init__(self, template: str):
         self.template = template
-        self.parts = template.strip("/").split("/") if template != "/" else []
+        self.parts = template[1:].split("/")
         self.methods: dict[str, object] = {}
         self.cors = template.startswith("/v1/")
 
@@ -1029,7 +1034,7 @@ class Router:
         return register
 
     def match(self, raw_path: str) -> tuple[Route, dict]:
-        segments = raw_path.strip("/").split("/") if raw_path.strip("/") else []
+        segments = raw_path[1:].split("/")
         for route in self.routes:
             params = self._match(route.parts, segments)
             if params is not None:
@@ -1178,6 +1183,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def is_https(self) -> bool:
         return self.app.config.trust_proxy_headers and \
             (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+
+    def query(self) -> dict[str, str]:
+        query = self.path.partition("?")[2]
+        return {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
 
     def check_framing(self) -> None:
         """Header sanity and body framing, decided before any handler runs."""
@@ -1420,6 +1429,8 @@ class App:
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
         self.auth_failures = 0
         self.conflicts = 0
+        self.started = time.monotonic()
+        self.admin_page = load_admin_page()
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.data_dir).free
@@ -1893,10 +1904,17 @@ def check_password_strength(password: str) -> str:
 
 
 def set_admin_password(db, username: str, password: str) -> bool:
-    """Create or reset (and enable) an admin user -> True when the user is new."""
+    """Create or reset (and enable) an admin user -> True when the user is new.
+
+    The same password again keeps the old hash, so a restart with ADMIN_PASSWORD set
+    does not end the user's sessions.
+    """
     now = time.time()
-    new = db.execute("SELECT 1 FROM admin_users WHERE username = ?", (username,)).fetchone() \
-        is None
+    row = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
+                     (username,)).fetchone()
+    if row and row["enabled"] and verify_password(password, row["password_hash"]):
+        return False
+    new = row is None
     db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
                "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO UPDATE SET "
                "password_hash = excluded.password_hash, enabled = 1, updated_at = excluded."
@@ -1910,6 +1928,29 @@ def admin_exists(db) -> bool:
         is not None
 
 
+def load_admin_page() -> bytes | None:
+    """admin.html beside this module, from a checkout or from inside the zipapp."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "admin.html")
+    try:
+        return __loader__.get_data(path)
+    except OSError:
+        return None
+
+
+def admin_page_headers(page: bytes) -> list[tuple[str, str]]:
+    """A CSP that allows exactly the page's own inline script and style, by hash."""
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.S)
+        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(body).digest())
+                        .decode() for body in bodies) or "'none'"
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+              "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+              "frame-ancestors 'none'")
+    return [("Content-Security-Policy", policy), ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff")]
+
+
 @route("GET", "/admin")
 def admin_page(request):
     with request.app.store.read() as db:
@@ -1917,7 +1958,499 @@ def admin_page(request):
     if not enabled:
         raise HTTPError(404, "the admin page is off because no admin user exists; start oxsync "
                              "with ADMIN_PASSWORD set (or run: oxsync admin set-password)")
-    raise HTTPError(404, "the admin page is not built yet")
+    page = request.app.admin_page
+    if page is None:
+        raise HTTPError(404, "admin.html is missing from this installation")
+    return Response(200, page, admin_page_headers(page), "text/html; charset=utf-8")
+
+
+route("GET", "/admin/")(admin_page)  # the same page with a trailing slash
+
+# -- sessions: an HS256 JWT in an HttpOnly cookie, plus a CSRF token ----------
+
+SESSION_COOKIE, CSRF_COOKIE = "oxsync_session", "oxsync_csrf"
+SESSION_SECONDS = 24 * 3600
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_encode(claims: dict, secret: bytes) -> str:
+    signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(json_body(claims))
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
+def jwt_decode(token: str, secret: bytes) -> dict:
+    """The claims of a valid, unexpired HS256 token; ValueError for anything else."""
+    try:
+        header_part, claims_part, signature_part = token.split(".")
+        header = json.loads(b64url_decode(header_part))
+        signature = b64url_decode(signature_part)
+    except (ValueError, TypeError):
+        raise ValueError("malformed token") from None
+    if not isinstance(header, dict) or header.get("alg") != "HS256":
+        raise ValueError("only HS256 is accepted")
+    expected = hmac.new(secret, f"{header_part}.{claims_part}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected):
+        raise ValueError("bad signature")
+    claims = json.loads(b64url_decode(claims_part))
+    if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str):
+        raise ValueError("malformed claims")
+    if not isinstance(claims.get("exp"), (int, float)) or claims["exp"] <= time.time():
+        raise ValueError("expired")
+    return claims
+
+
+def password_version(password_hash: str) -> str:
+    """Changes with the password, so a reset ends the user's other sessions."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def request_cookies(request) -> dict[str, str]:
+    jar = http.cookies.SimpleCookie()
+    with contextlib.suppress(http.cookies.CookieError):
+        jar.load(request.headers.get("Cookie") or "")
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def session_cookies(request, token: str, csrf: str, max_age: int) -> list[tuple[str, str]]:
+    """No Path attribute: the browser scopes them to .../admin/api, prefix or not."""
+    secure = "; Secure" if request.app.config.admin_cookie_secure and request.is_https() else ""
+    return [("Set-Cookie", f"{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; "
+                           f"Max-Age={max_age}{secure}"),
+            ("Set-Cookie", f"{CSRF_COOKIE}={csrf}; SameSite=Strict; Max-Age={max_age}{secure}")]
+
+
+def admin_session(request) -> dict:
+    """The logged-in admin's claims; checks the CSRF header on every non-GET call."""
+    token = request_cookies(request).get(SESSION_COOKIE)
+    if not token:
+        raise HTTPError(401, "not logged in; log in to the admin page")
+    try:
+        claims = jwt_decode(token, request.app.jwt_secret)
+    except ValueError:
+        raise HTTPError(401, "your session ended; log in again") from None
+    with request.app.store.read() as db:
+        user = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
+                          (claims["sub"],)).fetchone()
+    if user is None or not user["enabled"] or \
+            claims.get("ver") != password_version(user["password_hash"]):
+        raise HTTPError(401, "your session ended; log in again")
+    if request.command not in ("GET", "HEAD") and not hmac.compare_digest(
+            (request.headers.get("X-CSRF-Token") or "").encode(),
+            str(claims.get("csrf", "")).encode()):
+        raise HTTPError(403, "missing or wrong X-CSRF-Token header; reload the admin page")
+    request.admin_user = claims["sub"]
+    return claims
+
+
+def audit(request, action: str, detail: str = "") -> None:
+    audit_log.info("admin=%s ip=%s %s %s", getattr(request, "admin_user", "-"),
+                   request.client_ip(), action, detail)
+
+
+def admin_body(request) -> dict:
+    return parse_json_object(request.read_body(64 * 1024, "request body"), "request body")
+
+
+def field(body: dict, name: str, kind, required: bool = True):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise HTTPError(400, f"'{name}' must be a {kind.__name__}")
+    return value
+
+
+_dummy_hash = []
+
+
+def login_delay_hash() -> str:
+    """An unknown user costs the same scrypt as a wrong password."""
+    if not _dummy_hash:
+        _dummy_hash.append(hash_password(secrets.token_hex(16)))
+    return _dummy_hash[0]
+
+
+def login_lock_seconds(db, ip: str, now: float) -> int:
+    row = db.execute("SELECT locked_until FROM login_failures WHERE ip = ?", (ip,)).fetchone()
+    if row and row["locked_until"] and row["locked_until"] > now:
+        return int(row["locked_until"] - now) + 1
+    return 0
+
+
+def record_login_failure(db, config: Config, ip: str, now: float) -> bool:
+    """Count a failed login -> True when it locks the address out."""
+    row = db.execute("SELECT * FROM login_failures WHERE ip = ?", (ip,)).fetchone()
+    fresh = row is None or now - row["window_start"] > config.login_window_seconds
+    failures = 1 if fresh else row["failures"] + 1
+    locked = failures >= config.max_login_failures
+    db.execute("INSERT OR REPLACE INTO login_failures (ip, failures, window_start, locked_until) "
+               "VALUES (?, ?, ?, ?)", (ip, 0 if locked else failures,
+                                       now if fresh else row["window_start"],
+                                       now + config.login_lockout_seconds if locked else None))
+    return locked
+
+
+def locked_out(seconds: int) -> HTTPError:
+    return HTTPError(429, f"too many failed logins from this address; try again in {seconds} "
+                          "seconds", headers=[("Retry-After", str(seconds))])
+
+
+@route("POST", "/admin/api/login")
+def admin_login(request):
+    app, ip, now = request.app, request.client_ip(), time.time()
+    with app.store.read() as db:
+        wait = login_lock_seconds(db, ip, now)
+    if wait:
+        raise locked_out(wait)
+    body = admin_body(request)
+    username = field(body, "username", str, required=False) or app.config.admin_username
+    password = field(body, "password", str)
+    with app.store.read() as db:
+        user = db.execute("SELECT * FROM admin_users WHERE username = ?", (username,)).fetchone()
+    valid = verify_password(password, user["password_hash"] if user else login_delay_hash())
+    if not (valid and user and user["enabled"]):
+        with app.store.write() as db:
+            locked = record_login_failure(db, app.config, ip, now)
+        audit(request, "login-failed", f"username={username!r}")
+        if locked:
+            raise locked_out(app.config.login_lockout_seconds)
+        raise HTTPError(401, "wrong username or password")
+    with app.store.write() as db:
+        db.execute("DELETE FROM login_failures WHERE ip = ?", (ip,))
+    csrf = secrets.token_urlsafe(32)
+    claims = {"sub": username, "iat": int(now), "exp": int(now) + SESSION_SECONDS,
+              "csrf": csrf, "ver": password_version(user["password_hash"])}
+    request.admin_user = username
+    audit(request, "login")
+    return json_response(session_view(claims), headers=session_cookies(
+        request, jwt_encode(claims, app.jwt_secret), csrf, SESSION_SECONDS))
+
+
+def session_view(claims: dict) -> dict:
+    return {"username": claims["sub"], "expiresAt": rfc3339(claims["exp"]),
+            "csrfToken": claims["csrf"]}
+
+
+@route("POST", "/admin/api/logout")
+def admin_logout(request):
+    admin_session(request)
+    audit(request, "logout")
+    return json_response({"ok": True}, headers=session_cookies(request, "", "", 0))
+
+
+@route("GET", "/admin/api/me")
+def admin_me(request):
+    return json_response(session_view(admin_session(request)))
+
+
+@route("POST", "/admin/api/me/password")
+def admin_change_own_password(request):
+    claims = admin_session(request)
+    body = admin_body(request)
+    current, new = field(body, "currentPassword", str), field(body, "newPassword", str)
+    with request.app.store.read() as db:
+        user = db.execute("SELECT password_hash FROM admin_users WHERE username = ?",
+                          (claims["sub"],)).fetchone()
+    if not verify_password(current, user["password_hash"]):
+        raise HTTPError(403, "the current password is wrong")
+    with request.app.store.write() as db:
+        set_user_password(db, claims["sub"], new)
+    audit(request, "change-own-password")
+    return json_response({"ok": True})
+
+
+# -- users ---------------------------------------------------------------------
+
+def user_view(row) -> dict:
+    return {"username": row["username"], "enabled": bool(row["enabled"]),
+            "createdAt": rfc3339(row["created_at"]), "updatedAt": rfc3339(row["updated_at"])}
+
+
+def set_user_password(db, username: str, password: str) -> None:
+    try:
+        check_password_strength(password)
+    except ValueError as error:
+        raise HTTPError(400, str(error)) from None
+    db.execute("UPDATE admin_users SET password_hash = ?, updated_at = ? WHERE username = ?",
+               (hash_password(password), time.time(), username))
+
+
+def existing_user(db, username: str):
+    row = db.execute("SELECT * FROM admin_users WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        raise HTTPError(404, f"no admin user named {username!r}")
+    return row
+
+
+def keep_one_admin(db, username: str) -> None:
+    others = db.execute("SELECT count(*) FROM admin_users WHERE enabled = 1 AND username != ?",
+                        (username,)).fetchone()[0]
+    if not others:
+        raise HTTPError(409, f"{username!r} is the last enabled admin user; create or enable "
+                             "another one first")
+
+
+@route("GET", "/admin/api/users")
+def admin_users(request):
+    admin_session(request)
+    with request.app.store.read() as db:
+        rows = db.execute("SELECT * FROM admin_users ORDER BY username").fetchall()
+    return json_response({"users": [user_view(row) for row in rows]})
+
+
+@route("POST", "/admin/api/users")
+def admin_create_user(request):
+    admin_session(request)
+    body = admin_body(request)
+    username, password = field(body, "username", str).strip(), field(body, "password", str)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", username):
+        raise HTTPError(400, "username must be 1-64 letters, digits or _ . @ -")
+    with request.app.store.write() as db:
+        if db.execute("SELECT 1 FROM admin_users WHERE username = ?", (username,)).fetchone():
+            raise HTTPError(409, f"an admin user named {username!r} already exists")
+        try:
+            set_admin_password(db, username, password)
+        except ValueError as error:
+            raise HTTPError(400, str(error)) from None
+        row = existing_user(db, username)
+    audit(request, "create-user", f"username={username!r}")
+    return json_response({"user": user_view(row)}, 201)
+
+
+@route("PATCH", "/admin/api/users/{name}")
+def admin_update_user(request, name):
+    admin_session(request)
+    body = admin_body(request)
+    enabled, password = field(body, "enabled", bool, False), field(body, "password", str, False)
+    with request.app.store.write() as db:
+        existing_user(db, name)
+        if enabled is False:
+            keep_one_admin(db, name)
+        if enabled is not None:
+            db.execute("UPDATE admin_users SET enabled = ?, updated_at = ? WHERE username = ?",
+                       (enabled, time.time(), name))
+        if password is not None:
+            set_user_password(db, name, password)
+        row = existing_user(db, name)
+    audit(request, "update-user", f"username={name!r} enabled={enabled} "
+                                  f"password={'reset' if password else 'unchanged'}")
+    return json_response({"user": user_view(row)})
+
+
+@route("DELETE", "/admin/api/users/{name}")
+def admin_delete_user(request, name):
+    admin_session(request)
+    with request.app.store.write() as db:
+        existing_user(db, name)
+        keep_one_admin(db, name)
+        db.execute("DELETE FROM admin_users WHERE username = ?", (name,))
+    audit(request, "delete-user", f"username={name!r}")
+    return json_response({"ok": True})
+
+
+# -- tokens --------------------------------------------------------------------
+
+def existing_token(db, token_id: str):
+    row = db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+    if row is None:
+        raise HTTPError(404, f"no token with id {token_id!r}")
+    return row
+
+
+def expiry_field(body: dict) -> float | None:
+    value = field(body, "expiresAt", str, required=False)
+    try:
+        return parse_rfc3339(value) if value else None
+    except ValueError as error:
+        raise HTTPError(400, f"expiresAt: {error}") from None
+
+
+@route("GET", "/admin/api/tokens")
+def admin_tokens(request):
+    admin_session(request)
+    with request.app.store.read() as db:
+        rows = db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
+    return json_response({"tokens": [token_view(row) for row in rows]})
+
+
+@route("POST", "/admin/api/tokens")
+def admin_create_token(request):
+    admin_session(request)
+    body = admin_body(request)
+    permissions = field(body, "permissions", list)
+    if not all(isinstance(p, str) for p in permissions):
+        raise HTTPError(400, "'permissions' must be a list like [\"read\", \"write\"]")
+    expires = expiry_field(body)
+    ttl = request.app.config.default_token_ttl_seconds
+    if expires is None and ttl:
+        expires = time.time() + ttl
+    try:
+        with request.app.store.write() as db:
+            token_id, raw = create_token(db, field(body, "name", str),
+                                         field(body, "namespacePattern", str),
+                                         ",".join(permissions), expires)
+            row = existing_token(db, token_id)
+    except ValueError as error:  # BadName is a ValueError too
+        raise HTTPError(400, str(error)) from None
+    audit(request, "create-token", f"id={token_id} pattern={row['namespace_pattern']!r}")
+    return json_response({"token": token_view(row), "secret": raw}, 201)
+
+
+@route("PATCH", "/admin/api/tokens/{token_id}")
+def admin_update_token(request, token_id):
+    admin_session(request)
+    body = admin_body(request)
+    changes = {}
+    if "enabled" in body:
+        changes["enabled"] = field(body, "enabled", bool)
+    if "expiresAt" in body:
+        changes["expires_at"] = expiry_field(body)
+    if "name" in body:
+        try:
+            changes["name"] = check_token_name(field(body, "name", str))
+        except ValueError as error:
+            raise HTTPError(400, str(error)) from None
+    with request.app.store.write() as db:
+        existing_token(db, token_id)
+        for column, value in changes.items():  # column names come from the code above
+            db.execute(f"UPDATE tokens SET {column} = ? WHERE id = ?", (value, token_id))
+        row = existing_token(db, token_id)
+    audit(request, "update-token", f"id={token_id} fields={','.join(changes) or 'none'}")
+    return json_response({"token": token_view(row)})
+
+
+@route("DELETE", "/admin/api/tokens/{token_id}")
+def admin_delete_token(request, token_id):
+    admin_session(request)
+    with request.app.store.write() as db:
+        existing_token(db, token_id)
+        db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+    audit(request, "delete-token", f"id={token_id}")
+    return json_response({"ok": True})
+
+
+@route("POST", "/admin/api/tokens/{token_id}/rotate")
+def admin_rotate_token(request, token_id):
+    admin_session(request)
+    with request.app.store.write() as db:
+        existing_token(db, token_id)
+        raw = rotate_token(db, token_id)
+        row = existing_token(db, token_id)
+    audit(request, "rotate-token", f"id={token_id}")
+    return json_response({"token": token_view(row), "secret": raw})
+
+
+# -- namespaces, conflicts, stats -----------------------------------------------
+
+def existing_namespace(db, name: str) -> dict:
+    views = namespace_views(db, name)
+    if not views:
+        raise HTTPError(404, f"no namespace named {name!r}")
+    return views[0]
+
+
+@route("GET", "/admin/api/namespaces")
+def admin_namespaces(request):
+    admin_session(request)
+    with request.app.store.read() as db:
+        return json_response({"namespaces": namespace_views(db)})
+
+
+@route("POST", "/admin/api/namespaces")
+def admin_create_namespace(request):
+    admin_session(request)
+    try:
+        name = check_namespace(field(admin_body(request), "name", str))
+    except BadName as error:
+        raise HTTPError(400, str(error)) from None
+    with request.app.store.write() as db:
+        if db.execute("SELECT 1 FROM namespaces WHERE name = ?", (name,)).fetchone():
+            raise HTTPError(409, f"namespace {name!r} already exists")
+        db.execute("INSERT INTO namespaces (name, created_at) VALUES (?, ?)", (name, time.time()))
+        view = existing_namespace(db, name)
+    audit(request, "create-namespace", f"namespace={name!r}")
+    return json_response({"namespace": view}, 201)
+
+
+@route("DELETE", "/admin/api/namespaces/{ns}")
+def admin_delete_namespace(request, ns):
+    admin_session(request)
+    hard = request.query().get("hard", "false").lower() == "true"
+    with request.app.store.write() as db:
+        view = existing_namespace(db, ns)
+        if hard and not view["deleted"]:
+            raise HTTPError(409, f"namespace {ns!r} must be deleted (soft) before it can be "
+                                 "purged")
+        if hard:
+            freed = purge_namespace(db, ns)
+        else:
+            set_namespace_deleted(db, ns, True)
+            view = existing_namespace(db, ns)
+    audit(request, "purge-namespace" if hard else "delete-namespace", f"namespace={ns!r}")
+    return json_response({"ok": True, "freedBytes": freed} if hard else {"namespace": view})
+
+
+@route("POST", "/admin/api/namespaces/{ns}/restore")
+def admin_restore_namespace(request, ns):
+    admin_session(request)
+    with request.app.store.write() as db:
+        existing_namespace(db, ns)
+        set_namespace_deleted(db, ns, False)
+        view = existing_namespace(db, ns)
+    audit(request, "restore-namespace", f"namespace={ns!r}")
+    return json_response({"namespace": view})
+
+
+@route("GET", "/admin/api/conflicts")
+def admin_conflicts(request):
+    admin_session(request)
+    try:
+        limit = min(max(int(request.query().get("limit", "100")), 1), 1000)
+    except ValueError:
+        raise HTTPError(400, "limit must be a whole number") from None
+    with request.app.store.read() as db:
+        rows = db.execute("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return json_response({"conflicts": [{
+        "id": row["id"], "at": rfc3339(row["at"]), "namespace": row["namespace"],
+        "operation": row["operation"], "path": row["path"], "deviceId": row["device_id"],
+        "tokenId": row["token_id"], "requestedEtag": row["requested_etag"],
+        "requestedRevision": row["requested_revision"], "remoteEtag": row["remote_etag"],
+        "remoteRevision": row["remote_revision"]} for row in rows]})
+
+
+@route("GET", "/admin/api/stats")
+def admin_stats(request):
+    admin_session(request)
+    app = request.app
+    with app.store.read() as db:
+        count = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+        stats = {
+            "version": VERSION,
+            "namespaces": count("SELECT count(*) FROM namespaces WHERE deleted_at IS NULL"),
+            "deletedNamespaces": count("SELECT count(*) FROM namespaces "
+                                       "WHERE deleted_at IS NOT NULL"),
+            "tokens": count("SELECT count(*) FROM tokens"),
+            "enabledTokens": count("SELECT count(*) FROM tokens WHERE enabled = 1"),
+            "objects": count("SELECT count(*) FROM objects"),
+            "blobBytes": count("SELECT coalesce(sum(size), 0) FROM blobs"),
+            "objectBytes": count("SELECT coalesce(sum(size), 0) FROM objects"),
+            "conflicts": count("SELECT count(*) FROM conflicts")}
+    free = app.disk_free()
+    stats.update(totalBytes=stats["blobBytes"] + stats["objectBytes"],
+                 databaseBytes=app.store.file_bytes(), encryptionEnabled=app.sealer.enabled,
+                 jwtSecretPersistent=app.config.admin_jwt_secret is not None,
+                 diskFreeBytes=free, minFreeDiskBytes=app.config.min_free_disk_bytes,
+                 diskLow=free < 2 * app.config.min_free_disk_bytes,
+                 uptimeSeconds=int(time.monotonic() - app.started))
+    return json_response(stats)
 
 
 # ---------------------------------------------------------------------------
