@@ -231,6 +231,10 @@ SERVER_OPTIONS = STORE_OPTIONS + [
            "expiry for new tokens created without one (default: never)"),
     Option("OBJECT_RETENTION_SECONDS", "--object-retention-seconds", parse_positive, "2592000",
            "unreferenced objects and old manifests are kept at least this long"),
+    Option("BLOB_HISTORY", "--blob-history", parse_count, "3",
+           "previous snapshots kept per namespace, restorable with 'namespace rollback'"),
+    Option("METRICS_TOKEN", "--metrics-token", parse_secret, "",
+           "bearer token for GET /metrics (Prometheus); /metrics is off without it"),
     Option("REQUEST_TIMEOUT_SECONDS", "--request-timeout-seconds", parse_positive, "30",
            "a request's headers (and a small body) must arrive within this time"),
     Option("MAX_CONNECTIONS", "--max-connections", parse_positive, "512",
@@ -313,6 +317,8 @@ class Config:
     max_login_failures: int = 5
     default_token_ttl_seconds: int | None = None
     object_retention_seconds: int = 2592000
+    blob_history: int = 3
+    metrics_token: bytes | None = None
     request_timeout_seconds: int = 30
     max_connections: int = 512
     log_level: str = "INFO"
@@ -586,6 +592,27 @@ MIGRATIONS = [
         locked_until REAL
     );
     """,
+    """
+    CREATE TABLE blob_versions (
+        namespace TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        revision TEXT,
+        device_id TEXT,
+        section_revisions TEXT,
+        content_type TEXT,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        key_id TEXT,
+        data BLOB NOT NULL,
+        PRIMARY KEY (namespace, seq)
+    );
+    CREATE INDEX objects_by_age ON objects (namespace, updated_at);
+    ALTER TABLE blobs ADD COLUMN revision TEXT;
+    ALTER TABLE blobs ADD COLUMN device_id TEXT;
+    ALTER TABLE blobs ADD COLUMN section_revisions TEXT;
+    ALTER TABLE blobs ADD COLUMN content_type TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -617,6 +644,9 @@ class Store:
         self._writer = self._connect()
         self._migrate()
 
+    def connect_plain(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
     def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
@@ -633,6 +663,8 @@ class Store:
 
     def _migrate(self) -> None:
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:  # only a new, empty file can still choose its vacuum mode
+            self._writer.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer oxsync (schema {version}, "
                              f"this version knows {SCHEMA_VERSION}); upgrade oxsync")
@@ -704,6 +736,11 @@ class Store:
         return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
                    if os.path.exists(self.path + suffix))
 
+    def release_free_pages(self) -> None:
+        """Give pages freed by deletions back to the file system (auto_vacuum=INCREMENTAL)."""
+        with self._write_lock:
+            self._writer.execute("PRAGMA incremental_vacuum")
+
     def checkpoint(self) -> None:
         with self._write_lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -730,11 +767,13 @@ def check_key(store: Store, sealer: Sealer) -> None:
     with store.write() as db:
         stored_id = store.setting(db, "key_id")
         stored_check = store.setting(db, "key_check")
+        rotation = store.setting(db, "rotation_target")
         if stored_check is None and sealer.enabled:
-            check, _ = sealer.seal(KEY_CHECK, b"oxsync/key-check")
-            db.execute("INSERT OR REPLACE INTO settings VALUES ('key_id', ?), ('key_check', ?)",
-                       (sealer.key_id, check.hex()))
+            store_key_check(db, sealer)
             stored_id = sealer.key_id
+    if rotation is not None:
+        raise StoreError(f"a key rotation to key id {rotation} was interrupted; run oxsync "
+                         "rotate-key again with the same keys to finish it")
     if stored_check is not None:
         if not sealer.enabled:
             raise StoreError(f"{store.path} holds payloads sealed with key {stored_id}; "
@@ -754,9 +793,12 @@ def check_key(store: Store, sealer: Sealer) -> None:
         log.warning("ENCRYPTION_KEY is not set: payloads are stored in plaintext")
 
 
+PAYLOAD_TABLES = ("blobs", "blob_versions", "objects")
+
+
 def count_plaintext_payloads(db) -> int:
-    return db.execute("SELECT (SELECT count(*) FROM blobs WHERE key_id IS NULL) + "
-                      "(SELECT count(*) FROM objects WHERE key_id IS NULL)").fetchone()[0]
+    return sum(db.execute(f"SELECT count(*) FROM {table} WHERE key_id IS NULL").fetchone()[0]
+               for table in PAYLOAD_TABLES)
 
 
 def write_payload(db, table: str, rowid: int, data) -> None:
@@ -812,13 +854,399 @@ def set_namespace_deleted(db, name: str, deleted: bool) -> bool:
 def purge_namespace(db, name: str) -> int:
     """Remove a soft-deleted namespace and everything in it -> bytes freed."""
     freed = db.execute("SELECT (SELECT coalesce(sum(size), 0) FROM objects WHERE namespace = ?)"
-                       " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)",
-                       (name, name)).fetchone()[0]
+                       " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)"
+                       " + (SELECT coalesce(sum(size), 0) FROM blob_versions "
+                       "WHERE namespace = ?)", (name, name, name)).fetchone()[0]
     for table, column in (("objects", "namespace"), ("blobs", "namespace"),
+                          ("blob_versions", "namespace"),
                           ("manifests", "namespace"), ("conflicts", "namespace"),
                           ("namespaces", "name")):
         db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
     return freed
+
+
+# -- history, rollback and retention (PROTOCOL.md section 4, "Retention") ------
+
+KEEP_MANIFESTS = 32
+
+
+class RollbackRefused(Exception):
+    """A rollback that cannot be done safely; the message says why."""
+
+
+def manifest_paths(manifest: dict) -> set[str]:
+    """The object paths a manifest's sections point at."""
+    paths, stack = set(), [manifest.get("sections")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("path"), str):
+                paths.add(item["path"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return paths
+
+
+def section_entries(manifest: dict | None) -> dict[str, dict]:
+    """Sections flattened to 'connections', 'appSettings.general', ... -> their entry."""
+    entries, stack = {}, [("", (manifest or {}).get("sections"))]
+    while stack:
+        name, item = stack.pop()
+        if not isinstance(item, dict):
+            continue
+        if name and any(key in item for key in ("path", "revision", "recordCount")):
+            entries[name] = item
+            continue
+        stack.extend((f"{name}.{key}" if name else key, value) for key, value in item.items())
+    return entries
+
+
+def record_count(entry: dict | None) -> int | None:
+    count = (entry or {}).get("recordCount")
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def compare_manifests(after: dict, before: dict | None) -> dict:
+    """What changed from `before` to `after`, from the manifests alone (no payloads).
+
+    A version is suspicious when a section that had records has none, or loses
+    more than half: the shape of an empty or broken configuration pushed by mistake.
+    """
+    new, old = section_entries(after), section_entries(before)
+    changed = sorted(name for name in set(new) | set(old) if new.get(name) != old.get(name))
+    counts, parts, suspicious = {}, [], False
+    for name in sorted(set(new) | set(old)):
+        was, now = record_count(old.get(name)), record_count(new.get(name))
+        if was is None and now is None:
+            continue
+        counts[name] = {"before": was, "after": now}
+        if before is not None and was and (not now or now < was / 2):
+            suspicious = True
+    for name in changed:
+        was, now = counts.get(name, {}).get("before"), counts.get(name, {}).get("after")
+        if was != now:
+            parts.append(f"{name} {'-' if was is None else was} -> {'-' if now is None else now}")
+        else:
+            how = "added" if name not in old else "removed" if name not in new else "changed"
+            parts.append(f"{name} {how}")
+    summary = "; ".join(parts) or ("first version" if before is None else "no section changed")
+    return {"changedSections": changed, "recordCounts": counts, "suspicious": suspicious,
+            "summary": summary}
+
+
+def missing_objects(db, namespace: str, paths: set[str]) -> list[str]:
+    return sorted(path for path in paths if db.execute(
+        "SELECT 1 FROM objects WHERE namespace = ? AND path = ?", (namespace, path)).fetchone()
+        is None)
+
+
+def namespace_history(db, namespace: str, limit: int = 50) -> dict:
+    """Manifest versions (newest first) with summaries, and the kept blob versions."""
+    current = db.execute("SELECT etag FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    if current is None:
+        raise LookupError(f"no namespace named {namespace!r}")
+    rows = db.execute("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
+                      (namespace, limit + 1)).fetchall()
+    manifests = [json.loads(row["manifest"]) for row in rows]
+    versions = []
+    for index, row in enumerate(rows[:limit]):
+        previous = manifests[index + 1] if index + 1 < len(manifests) else None
+        versions.append({
+            "seq": row["seq"], "createdAt": rfc3339(row["created_at"]),
+            "revision": row["revision"], "deviceId": row["device_id"], "format": row["format"],
+            "etag": row["etag"], "tokenId": row["token_id"], "rollbackOf": row["rollback_of"],
+            "current": row["etag"] == current["etag"],
+            "missingObjects": len(missing_objects(db, namespace,
+                                                  manifest_paths(manifests[index]))),
+            **compare_manifests(manifests[index], previous)})
+    blobs = [{"seq": row["seq"], "createdAt": rfc3339(row["created_at"]),
+              "revision": row["revision"], "deviceId": row["device_id"], "size": row["size"],
+              "sha256": row["sha256"]} for row in db.execute(
+        "SELECT seq, created_at, revision, device_id, size, sha256 FROM blob_versions "
+        "WHERE namespace = ? ORDER BY seq DESC", (namespace,))]
+    return {"namespace": namespace, "versions": versions, "blobVersions": blobs}
+
+
+def rollback_manifest(db, namespace: str, seq: int, now: float, token_id: str | None = None,
+                      dry_run: bool = False) -> dict:
+    """Make version `seq` current again: same manifest, a new etag, a new history entry."""
+    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    version = db.execute("SELECT manifest FROM manifests WHERE namespace = ? AND seq = ?",
+                         (namespace, seq)).fetchone()
+    if row is None or version is None:
+        raise LookupError(f"namespace {namespace!r} has no version {seq}")
+    if row["deleted_at"] is not None:
+        raise RollbackRefused(f"namespace {namespace!r} is deleted; restore it first")
+    target, current = json.loads(version["manifest"]), stored_metadata(row)
+    missing = missing_objects(db, namespace, manifest_paths(target))
+    if missing:
+        raise RollbackRefused(f"version {seq} needs {len(missing)} object(s) that are gone "
+                              f"(e.g. {missing[0]!r}); nothing was changed")
+    change = compare_manifests(target, current)
+    if dry_run:
+        return {"ok": True, "dryRun": True, "rolledBackTo": seq, **change}
+    metadata = {**target, "exists": True, "etag": new_etag(),
+                "contentLength": current.get("contentLength", 0)}
+    metadata.pop("contentHash", None)
+    if "contentHash" in current:
+        metadata["contentHash"] = current["contentHash"]
+    save_metadata(db, namespace, metadata, now)
+    new_seq = record_manifest(db, namespace, metadata, now, token_id, rollback_of=seq)
+    log.info("namespace %r rolled back to version %d (new version %d)", namespace, seq, new_seq)
+    return {"ok": True, "seq": new_seq, "rolledBackTo": seq, "etag": metadata["etag"], **change}
+
+
+def keep_blob_version(db, namespace: str, keep: int) -> None:
+    """Copy the current snapshot into blob_versions (inside SQLite) before it is replaced."""
+    if keep <= 0:
+        return
+    seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM blob_versions WHERE namespace = ?",
+                     (namespace,)).fetchone()[0]
+    db.execute(f"INSERT INTO blob_versions (namespace, seq, created_at, {BLOB_COLUMNS}) "
+               f"SELECT namespace, ?, updated_at, {BLOB_COLUMNS} FROM blobs WHERE namespace = ?",
+               (seq, namespace))
+    db.execute("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? - ?",
+               (namespace, seq, keep))
+
+
+BLOB_COLUMNS = "revision, device_id, section_revisions, content_type, size, sha256, key_id, data"
+
+
+def rollback_blob(db, namespace: str, seq: int, now: float, keep: int,
+                  dry_run: bool = False) -> dict:
+    """Make a kept snapshot version current again, with a new etag."""
+    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    version = db.execute("SELECT revision, device_id, section_revisions, content_type, size, "
+                         "sha256, created_at FROM blob_versions WHERE namespace = ? AND seq = ?",
+                         (namespace, seq)).fetchone()
+    if row is None or version is None:
+        raise LookupError(f"namespace {namespace!r} has no snapshot version {seq}")
+    if row["deleted_at"] is not None:
+        raise RollbackRefused(f"namespace {namespace!r} is deleted; restore it first")
+    metadata = stored_metadata(row)
+    if dry_run:
+        return {"ok": True, "dryRun": True, "rolledBackToBlob": seq,
+                "summary": f"snapshot revision {metadata.get('revision')} -> "
+                           f"{version['revision']} ({version['size']} bytes)"}
+    keep_blob_version(db, namespace, max(keep, 1) + 1)
+    db.execute(f"INSERT OR REPLACE INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
+               f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
+               "WHERE namespace = ? AND seq = ?", (now, namespace, seq))
+    db.execute("DELETE FROM blob_versions WHERE namespace = ? AND seq = ?", (namespace, seq))
+    section_revisions = version["section_revisions"]
+    set_blob_metadata(metadata, revision=version["revision"], digest=version["sha256"],
+                      size=version["size"], uploaded=version["created_at"],
+                      content_type=version["content_type"], device_id=version["device_id"],
+                      section_revisions=section_revisions and json.loads(section_revisions))
+    save_metadata(db, namespace, metadata, now)
+    log.info("namespace %r snapshot rolled back to version %d", namespace, seq)
+    return {"ok": True, "rolledBackToBlob": seq, "etag": metadata["etag"],
+            "revision": metadata["revision"]}
+
+
+def set_blob_metadata(metadata: dict, *, revision, digest, size, uploaded, content_type,
+                      device_id, section_revisions) -> None:
+    """The metadata fields a snapshot owns; format, sections and scope are kept."""
+    metadata.update(exists=True, revision=revision, etag=new_etag(), contentHash=digest,
+                    uploadedAt=rfc3339(uploaded), contentLength=size)
+    for key, value in (("contentType", content_type), ("deviceId", device_id),
+                       ("sectionRevisions", section_revisions)):
+        metadata.pop(key, None)
+        if value is not None:
+            metadata[key] = value
+
+
+def prune_namespace(db, namespace: str, now: float, retention: int) -> dict:
+    """Retention for one namespace, inside one write transaction.
+
+    Manifests older than the window are dropped beyond the newest KEEP_MANIFESTS;
+    an object goes only when no kept manifest references it and it was last
+    written before the window (an upload in progress writes objects first).
+    """
+    cutoff = now - retention
+    manifests_removed = db.execute(
+        "DELETE FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
+        "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ?",
+        (namespace, cutoff, namespace, KEEP_MANIFESTS)).rowcount
+    row = db.execute("SELECT metadata FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    keep = manifest_paths(stored_metadata(row))
+    for (text,) in db.execute("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
+        keep |= manifest_paths(json.loads(text))
+    doomed = [(r["rowid"], r["size"]) for r in db.execute(
+        "SELECT rowid, path, size FROM objects WHERE namespace = ? AND updated_at < ?",
+        (namespace, cutoff)) if r["path"] not in keep]
+    db.executemany("DELETE FROM objects WHERE rowid = ?", [(rowid,) for rowid, _ in doomed])
+    return {"objectsRemoved": len(doomed), "bytesReclaimed": sum(size for _, size in doomed),
+            "manifestsRemoved": manifests_removed}
+
+
+def collect_garbage(store: Store, retention: int, now: float | None = None) -> dict:
+    """Retention over every namespace that is not soft-deleted; one transaction each."""
+    now = time.time() if now is None else now
+    totals = {"objectsRemoved": 0, "bytesReclaimed": 0, "manifestsRemoved": 0}
+    with store.read() as db:
+        names = [r[0] for r in db.execute("SELECT name FROM namespaces WHERE deleted_at IS NULL")]
+    for name in names:
+        with store.write() as db:
+            for key, value in prune_namespace(db, name, now, retention).items():
+                totals[key] += value
+    store.release_free_pages()
+    if totals["objectsRemoved"] or totals["manifestsRemoved"]:
+        log.info("retention: removed %d objects (%d bytes) and %d old manifests",
+                 totals["objectsRemoved"], totals["bytesReclaimed"], totals["manifestsRemoved"])
+    return totals
+
+
+# -- key management and backups (operator commands) ---------------------------
+
+def payload_rows(db, table: str, key_id: str | None, limit: int):
+    path = "path" if table == "objects" else "''"
+    return db.execute(f"SELECT rowid, namespace, {path} AS path, key_id FROM {table} "
+                      "WHERE key_id IS ? LIMIT ?", (key_id, limit)).fetchall()
+
+
+def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
+                    batch: int = 16) -> int:
+    """Open every payload sealed with `key_id` (None: plaintext) and seal it with `new`.
+
+    One transaction per batch: a crash loses nothing, and running again resumes
+    where it stopped, because finished rows no longer carry `key_id`.
+    """
+    done = 0
+    for table in PAYLOAD_TABLES:
+        kind = "object" if table == "objects" else "blob"
+        while True:
+            with store.write() as db:
+                rows = payload_rows(db, table, key_id, batch)
+                for row in rows:
+                    context = payload_context(row["namespace"], kind, row["path"])
+                    data = old.open(read_payload(db, table, row["rowid"]), row["key_id"], context)
+                    sealed, new_id = new.seal(data, context)
+                    db.execute(f"UPDATE {table} SET data = zeroblob(?), key_id = ? "
+                               "WHERE rowid = ?", (len(sealed), new_id, row["rowid"]))
+                    write_payload(db, table, row["rowid"], sealed)
+            done += len(rows)
+            if not rows:
+                break
+    return done
+
+
+def store_key_check(db, sealer: Sealer) -> None:
+    check, _ = sealer.seal(KEY_CHECK, b"oxsync/key-check")
+    db.execute("INSERT OR REPLACE INTO settings VALUES ('key_id', ?), ('key_check', ?)",
+               (sealer.key_id, check.hex()))
+
+
+def rotate_key(store: Store, old_key: bytes, new_key: bytes) -> int:
+    """Re-seal every payload from the old key to the new one; resumable."""
+    old, new = Sealer(old_key), Sealer(new_key)
+    with store.write() as db:
+        target = store.setting(db, "rotation_target")
+        if target not in (None, new.key_id):
+            raise StoreError(f"an earlier rotation to key id {target} was interrupted; run "
+                             "rotate-key again with that new key to finish it")
+        if target is None:
+            if store.setting(db, "key_id") == new.key_id:
+                return 0
+            check_key_opens(store, db, old)
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('rotation_target', ?)",
+                       (new.key_id,))
+    count = reseal_payloads(store, old, new, old.key_id)
+    with store.write() as db:
+        store_key_check(db, new)
+        db.execute("DELETE FROM settings WHERE key = 'rotation_target'")
+    return count
+
+
+def check_key_opens(store: Store, db, sealer: Sealer) -> None:
+    stored = store.setting(db, "key_check")
+    if stored is None:
+        raise StoreError(f"{store.path} is not encrypted yet; use encrypt-existing")
+    try:
+        sealer.open(bytes.fromhex(stored), sealer.key_id, b"oxsync/key-check")
+    except SealError:
+        raise StoreError(f"the current key (id {sealer.key_id}) is not the key that sealed "
+                         f"{store.path} (key id {store.setting(db, 'key_id')})") from None
+
+
+def encrypt_existing(store: Store, key: bytes) -> int:
+    """Seal every plaintext payload with `key`; resumable, safe while the server runs."""
+    sealer = Sealer(key)
+    check_key(store, sealer)
+    return reseal_payloads(store, Sealer(None), sealer, None)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(MiB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backup_database(store: Store, target: str) -> str:
+    """An online copy (SQLite backup API; the server keeps serving) plus FILE.sha256."""
+    partial = target + ".partial"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(partial)
+    source, copy = store.connect_plain(), sqlite3.connect(partial)
+    try:
+        source.backup(copy)
+        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+    finally:
+        copy.close()
+        source.close()
+    os.replace(partial, target)
+    digest = file_sha256(target)
+    with open(target + ".sha256", "w") as sidecar:
+        sidecar.write(f"{digest}  {os.path.basename(target)}\n")
+    return digest
+
+
+def verify_backup(path: str) -> str:
+    """Check the sidecar digest and SQLite's integrity check -> a one-line summary."""
+    try:
+        expected = open(path + ".sha256").read().split()[0]
+    except (OSError, IndexError):
+        raise StoreError(f"{path}.sha256 is missing or empty; cannot verify {path}") from None
+    if not os.path.exists(path):
+        raise StoreError(f"no backup file at {path}")
+    if file_sha256(path) != expected:
+        raise StoreError(f"{path} does not match its .sha256 (damaged or changed)")
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro",
+                             uri=True)
+        try:
+            result = db.execute("PRAGMA integrity_check").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                      for t in ("namespaces", "objects", "tokens")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"{path} is not a readable oxsync database: {error}") from None
+    if result != "ok":
+        raise StoreError(f"{path} fails SQLite's integrity check: {result}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema {version}, newer than this oxsync ({SCHEMA_VERSION})")
+    return (f"{path}: ok (sha256 matches, integrity ok, schema {version}, {counts[0]} "
+            f"namespaces, {counts[1]} objects, {counts[2]} tokens)")
+
+
+def restore_database(source: str, target: str, force: bool) -> None:
+    verify_backup(source)
+    if os.path.exists(target) and not force:
+        raise StoreError(f"{target} exists (a server may be using it); stop the server and "
+                         "pass --force to replace it with the backup")
+    backup = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=ro",
+                             uri=True)
+    live = sqlite3.connect(target, timeout=30)
+    try:
+        backup.backup(live)
+    finally:
+        live.close()
+        backup.close()
 
 
 def record_conflict(db, namespace, operation, *, path=None, device_id=None, token_id=None,
@@ -1087,6 +1515,10 @@ class ConnectionWatch:
     def forget(self, sock: socket.socket) -> None:
         with self._lock:
             self._deadlines.pop(sock, None)
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._deadlines)
 
     def busy(self) -> int:
         with self._lock:
@@ -1418,6 +1850,62 @@ class Server(http.server.ThreadingHTTPServer):
         self.shutdown_request(sock)
 
 
+class Metrics:
+    """Request counters and latencies for /metrics, in Prometheus text format."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[str, list] = {}  # route -> bucket counts, then sum, then count
+        self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.totals[name] += amount
+
+    def observe(self, route: str, method: str, status: int, seconds: float,
+                received: int, sent: int) -> None:
+        with self._lock:
+            key = (route, method, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 2))
+            for index, bound in enumerate(self.BUCKETS):
+                if seconds <= bound:
+                    series[index] += 1
+            series[-2] += seconds
+            series[-1] += 1
+            self.totals["received_bytes"] += received
+            self.totals["sent_bytes"] += sent
+
+    def render(self, gauges: dict[str, float]) -> str:
+        def label(value) -> str:
+            return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines = ["# TYPE oxsync_build_info gauge", f'oxsync_build_info{{version="{VERSION}"}} 1',
+                 "# HELP oxsync_requests_total Requests answered, by route template and status.",
+                 "# TYPE oxsync_requests_total counter"]
+        with self._lock:
+            lines += [f'oxsync_requests_total{{route="{label(r)}",method="{m}",status="{s}"}} {n}'
+                      for (r, m, s), n in sorted(self.requests.items())]
+            lines += ["# HELP oxsync_request_duration_seconds Time to answer a request.",
+                      "# TYPE oxsync_request_duration_seconds histogram"]
+            for route, series in sorted(self.latency.items()):
+                name = f'oxsync_request_duration_seconds_bucket{{route="{label(route)}",le='
+                lines += [f'{name}"{bound}"}} {count}'
+                          for bound, count in zip(self.BUCKETS, series)]
+                lines += [f'{name}"+Inf"}} {series[-1]}',
+                          f'oxsync_request_duration_seconds_sum{{route="{label(route)}"}} '
+                          f'{series[-2]:.6f}',
+                          f'oxsync_request_duration_seconds_count{{route="{label(route)}"}} '
+                          f'{series[-1]}']
+            for name, value in self.totals.items():
+                lines += [f"# TYPE oxsync_{name}_total counter", f"oxsync_{name}_total {value}"]
+        for name, value in gauges.items():
+            lines += [f"# TYPE oxsync_{name} gauge", f"oxsync_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
 class App:
     """What every request needs: settings, the store, the sealer, counters."""
 
@@ -1427,8 +1915,7 @@ class App:
         self.watch = ConnectionWatch()
         self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
-        self.auth_failures = 0
-        self.conflicts = 0
+        self.metrics = Metrics()
         self.started = time.monotonic()
         self.admin_page = load_admin_page()
 
@@ -1468,6 +1955,9 @@ class App:
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
+        received = request.body_length if getattr(request, "body_read", False) else 0
+        self.metrics.observe(template, request.command or "-", response.status, seconds,
+                             received, getattr(request, "bytes_sent", 0))
         level = logging.DEBUG if template in ("/health", "/ready") else logging.INFO
         if access_log.isEnabledFor(level):
             access_log.log(level, "%s %s %s %d %dB %.1fms token=%s", request.client_address[0],
@@ -1569,7 +2059,7 @@ def sync_access(request, db, namespace: str, permission: str):
     try:
         token = authenticate(db, token_from_header(request.headers.get("Authorization")))
     except HTTPError:
-        request.app.auth_failures += 1
+        request.app.metrics.add("auth_failures")
         raise
     request.token_id = token["id"]
     row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
@@ -1638,7 +2128,7 @@ def conflict_or_none(db, request, conditions, namespace: str, operation: str, *,
                     token_id=request.token_id, requested_etag=requested,
                     requested_revision=revision, remote_etag=current_etag,
                     remote_revision=current_revision)
-    request.app.conflicts += 1
+    request.app.metrics.add("conflicts")
     log.info("412 conflict on %s of namespace %r%s: sent %s, current %s", operation, namespace,
              f" path {path!r}" if path else "", requested, current_etag)
     what = "object" if operation == "object" else "snapshot"
@@ -1774,19 +2264,20 @@ def put_blob(request, ns):
                                     current_revision=metadata.get("revision"),
                                     revision=revision, device_id=device_id)
         if conflict is None:
-            metadata.update(exists=True, revision=revision, etag=new_etag(), contentHash=digest,
-                            uploadedAt=rfc3339(now), contentLength=size, contentType=content_type)
-            metadata.pop("deviceId", None)
-            metadata.pop("sectionRevisions", None)
-            if device_id:
-                metadata["deviceId"] = device_id
-            if isinstance(section_revisions, dict):
-                metadata["sectionRevisions"] = section_revisions
+            set_blob_metadata(metadata, revision=revision, digest=digest, size=size,
+                              uploaded=now, content_type=content_type, device_id=device_id,
+                              section_revisions=section_revisions
+                              if isinstance(section_revisions, dict) else None)
+            keep_blob_version(db, ns, app.config.blob_history)
             save_metadata(db, ns, metadata, now)
+            sections = metadata.get("sectionRevisions")
             rowid = db.execute(
-                "INSERT OR REPLACE INTO blobs (namespace, data, key_id, size, sha256, "
-                "updated_at) VALUES (?, zeroblob(?), ?, ?, ?, ?)",
-                (ns, len(stored), key_id, size, digest, now)).lastrowid
+                "INSERT OR REPLACE INTO blobs (namespace, data, key_id, size, sha256, updated_at, "
+                "revision, device_id, section_revisions, content_type) "
+                "VALUES (?, zeroblob(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ns, len(stored), key_id, size, digest, now, revision, device_id,
+                 None if sections is None else json_body(sections).decode(),
+                 content_type)).lastrowid
             write_payload(db, "blobs", rowid, stored)
     if conflict:
         raise conflict
@@ -1865,6 +2356,24 @@ def ready(request):
     if writable and above:
         return json_response(body)
     return json_response(body, 503, [("Retry-After", "5")])
+
+
+@route("GET", "/metrics")
+def metrics(request):
+    app = request.app
+    expected = app.config.metrics_token
+    if expected is None:
+        raise HTTPError(404, "metrics are off; set METRICS_TOKEN to turn them on")
+    given = (request.headers.get("Authorization") or "").partition(" ")
+    if given[0].lower() != "bearer" or not hmac.compare_digest(given[2].strip().encode(),
+                                                               expected):
+        app.metrics.add("auth_failures")
+        raise HTTPError(401, "metrics need 'Authorization: Bearer <METRICS_TOKEN>'")
+    gauges = {"database_bytes": app.store.file_bytes(), "disk_free_bytes": app.disk_free(),
+              "open_connections": app.watch.open_connections(),
+              "encryption_enabled": int(app.sealer.enabled)}
+    return Response(200, app.metrics.render(gauges).encode(),
+                    content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @route("GET", "/")
@@ -2453,6 +2962,56 @@ def admin_stats(request):
     return json_response(stats)
 
 
+@route("GET", "/admin/api/namespaces/{ns}/history")
+def admin_history(request, ns):
+    admin_session(request)
+    try:
+        limit = min(max(int(request.query().get("limit", "50")), 1), 500)
+    except ValueError:
+        raise HTTPError(400, "limit must be a whole number") from None
+    with request.app.store.read() as db:
+        try:
+            return json_response(namespace_history(db, ns, limit))
+        except LookupError as error:
+            raise HTTPError(404, str(error)) from None
+
+
+@route("POST", "/admin/api/namespaces/{ns}/rollback")
+def admin_rollback(request, ns):
+    admin_session(request)
+    body = admin_body(request)
+    seq, blob_seq = field(body, "seq", int, False), field(body, "blobSeq", int, False)
+    dry_run = field(body, "dryRun", bool, False) or False
+    if (seq is None) == (blob_seq is None):
+        raise HTTPError(400, "send either 'seq' (a manifest version) or 'blobSeq' "
+                             "(a snapshot version)")
+    app = request.app
+    try:
+        with app.store.write() as db:
+            if seq is not None:
+                result = rollback_manifest(db, ns, seq, time.time(), dry_run=dry_run)
+            else:
+                result = rollback_blob(db, ns, blob_seq, time.time(), app.config.blob_history,
+                                       dry_run=dry_run)
+    except LookupError as error:
+        raise HTTPError(404, str(error)) from None
+    except RollbackRefused as error:
+        raise HTTPError(409, str(error)) from None
+    if not dry_run:
+        audit(request, "rollback", f"namespace={ns!r} "
+                                   f"{'version' if seq is not None else 'snapshot'}="
+                                   f"{seq if seq is not None else blob_seq}")
+    return json_response(result)
+
+
+@route("POST", "/admin/api/gc")
+def admin_gc(request):
+    admin_session(request)
+    result = collect_garbage(request.app.store, request.app.config.object_retention_seconds)
+    audit(request, "gc", f"objects={result['objectsRemoved']} bytes={result['bytesReclaimed']}")
+    return json_response(result)
+
+
 # ---------------------------------------------------------------------------
 # 9. CLI: serve, and the operator commands (safe while the server runs)
 # ---------------------------------------------------------------------------
@@ -2475,17 +3034,25 @@ def configure_logging(level: str = "INFO", style: str = "text") -> None:
     root_logger.setLevel(level)
 
 
+GC_INTERVAL = 3600
+
+
 def housekeeping(app: App, stop: threading.Event) -> None:
-    """Cuts overdue connections twice a second; writes token usage every 5 seconds."""
-    last_flush = time.monotonic()
+    """Cuts overdue connections twice a second, writes token usage every 5 seconds,
+    and applies object retention every hour (first a minute after startup)."""
+    last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     while not stop.wait(0.5):
         app.watch.sweep()
-        if time.monotonic() - last_flush >= 5:
-            last_flush = time.monotonic()
-            try:
+        now = time.monotonic()
+        try:
+            if now - last_flush >= 5:
+                last_flush = now
                 app.usage.flush(app.store)
-            except sqlite3.Error as error:
-                log.warning("could not write token usage yet: %s", error)
+            if now >= next_gc:
+                next_gc = now + GC_INTERVAL
+                collect_garbage(app.store, app.config.object_retention_seconds)
+        except sqlite3.Error as error:
+            log.warning("housekeeping postponed: %s", error)
 
 
 def drain(server: Server, app: App, grace: float = 10.0) -> None:
@@ -2699,8 +3266,131 @@ def cmd_admin_set_password(args) -> int:
     return 0
 
 
-DB_OPTION = STORE_OPTIONS[0]
-TTL_OPTION = next(o for o in SERVER_OPTIONS if o.env == "DEFAULT_TOKEN_TTL_SECONDS")
+def cmd_namespace_history(args) -> int:
+    try:
+        with cli_store(args).read() as db:
+            history = namespace_history(db, args.namespace, args.limit)
+    except LookupError as error:
+        print(f"oxsync: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(history, indent=2))
+        return 0
+    for version in history["versions"]:
+        flags = [flag for flag, on in (("current", version["current"]),
+                                       ("SUSPICIOUS", version["suspicious"]),
+                                       (f"rollback of {version['rollbackOf']}",
+                                        version["rollbackOf"]),
+                                       (f"{version['missingObjects']} objects missing",
+                                        version["missingObjects"])) if on]
+        version["flags"] = ", ".join(flags)
+    print_table(history["versions"], [("seq", "VERSION"), ("createdAt", "TIME"),
+                                      ("revision", "REVISION"), ("deviceId", "DEVICE"),
+                                      ("flags", "FLAGS"), ("summary", "CHANGES")])
+    if history["blobVersions"]:
+        print("\nearlier snapshots (restore with: namespace rollback NS --to-blob VERSION)")
+        print_table(history["blobVersions"], [("seq", "VERSION"), ("createdAt", "TIME"),
+                                              ("revision", "REVISION"), ("deviceId", "DEVICE"),
+                                              ("size", "BYTES")])
+    return 0
+
+
+def cmd_namespace_rollback(args) -> int:
+    settings = resolve_options(args, [BLOB_HISTORY_OPTION])
+    store, dry_run = cli_store(args), not args.yes
+    try:
+        with store.write() as db:
+            if args.to is not None:
+                result = rollback_manifest(db, args.namespace, args.to, time.time(),
+                                           dry_run=dry_run)
+            else:
+                result = rollback_blob(db, args.namespace, args.to_blob, time.time(),
+                                       settings["blob_history"], dry_run=dry_run)
+    except (LookupError, RollbackRefused) as error:
+        print(f"oxsync: {error}", file=sys.stderr)
+        return 1
+    target = f"version {args.to}" if args.to is not None else f"snapshot version {args.to_blob}"
+    if dry_run:
+        warning = " (that version was flagged SUSPICIOUS)" if result.get("suspicious") else ""
+        print(f"dry run: rolling '{args.namespace}' back to {target} would change: "
+              f"{result['summary']}{warning}\nnothing was changed; add --yes to do it")
+    else:
+        print(f"'{args.namespace}' rolled back to {target}; new etag {result['etag']}"
+              + (f" (recorded as version {result['seq']})" if "seq" in result else ""))
+    return 0
+
+
+def cmd_gc(args) -> int:
+    settings = resolve_options(args, [RETENTION_OPTION])
+    result = collect_garbage(cli_store(args), settings["object_retention_seconds"])
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_backup(args) -> int:
+    digest = backup_database(cli_store(args), args.to)
+    print(f"backup written to {args.to} (sha256 {digest}, sidecar {args.to}.sha256)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_verify_backup(args) -> int:
+    print(verify_backup(args.file))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    path = resolve_options(args, [DB_OPTION])["db_path"]
+    restore_database(args.source, path, args.force)
+    print(f"restored {path} from {args.source}", file=sys.stderr)
+    return 0
+
+
+def required_key(settings: dict, name: str, option: str) -> bytes:
+    if not settings[name]:
+        raise ConfigError(f"{option} is required for this command")
+    return settings[name]
+
+
+def cmd_rotate_key(args) -> int:
+    settings = resolve_options(args, [KEY_OPTION, NEW_KEY_OPTION])
+    old = required_key(settings, "encryption_key", "--encryption-key (env ENCRYPTION_KEY)")
+    new = required_key(settings, "new_key", "--new-key (env NEW_ENCRYPTION_KEY)")
+    count = rotate_key(cli_store(args), old, new)
+    print(f"{count} payloads re-sealed with key id {key_id_of(new)}; start the server with "
+          "the new ENCRYPTION_KEY", file=sys.stderr)
+    return 0
+
+
+def cmd_encrypt_existing(args) -> int:
+    settings = resolve_options(args, [KEY_OPTION])
+    key = required_key(settings, "encryption_key", "--encryption-key (env ENCRYPTION_KEY)")
+    count = encrypt_existing(cli_store(args), key)
+    print(f"{count} plaintext payloads sealed with key id {key_id_of(key)}", file=sys.stderr)
+    return 0
+
+
+DB_OPTION, KEY_OPTION = STORE_OPTIONS
+NEW_KEY_OPTION = Option("NEW_ENCRYPTION_KEY", "--new-key", parse_key, "",
+                        "the key to re-seal every payload with (64 hex characters)")
+TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION = (
+    next(o for o in SERVER_OPTIONS if o.env == name)
+    for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY"))
+# The reference server's flags, kept as aliases of the commands.
+LEGACY_FLAGS = {"--backup-to": ["backup", "--to"], "--restore-from": ["restore", "--from"],
+                "--verify-backup": ["verify-backup"]}
+
+
+def rewrite_legacy_flags(argv: list[str]) -> list[str]:
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag in LEGACY_FLAGS:
+            if not equals:
+                value = argv[index + 1] if index + 1 < len(argv) else ""
+            rest = argv[:index] + argv[index + (1 if equals else 2):]
+            rest = [a for a in rest if a != "serve"]
+            return LEGACY_FLAGS[flag] + [value] + rest
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2755,6 +3445,38 @@ def build_parser() -> argparse.ArgumentParser:
         command(space_actions, action, text, cmd_namespace_change).add_argument(
             "namespace", help="namespace name, e.g. team/default")
 
+    history = command(space_actions, "history", "list a namespace's versions (each "
+                      "accepted manifest) with what changed", cmd_namespace_history)
+    history.add_argument("namespace", help="namespace name")
+    history.add_argument("--limit", type=int, default=50, help="newest N versions (50)")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    rollback = command(space_actions, "rollback", "make an earlier version current again "
+                       "(a dry run unless --yes)", cmd_namespace_rollback,
+                       (DB_OPTION, BLOB_HISTORY_OPTION))
+    rollback.add_argument("namespace", help="namespace name")
+    target = rollback.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")
+    target.add_argument("--to-blob", type=int, metavar="VERSION", help="snapshot version")
+    rollback.add_argument("--yes", action="store_true", help="do it (default: dry run)")
+
+    command(commands, "gc", "apply object retention now; prints what was removed", cmd_gc,
+            (DB_OPTION, RETENTION_OPTION))
+    command(commands, "backup", "copy the database while the server runs, plus a .sha256",
+            cmd_backup).add_argument("--to", required=True, metavar="FILE",
+                                     help="backup file to write")
+    command(commands, "verify-backup", "check a backup's .sha256 and SQLite integrity",
+            cmd_verify_backup, ()).add_argument("file", help="backup file")
+    restore = command(commands, "restore", "verify a backup, then copy it over the database",
+                      cmd_restore)
+    restore.add_argument("--from", dest="source", required=True, metavar="FILE",
+                         help="backup file")
+    restore.add_argument("--force", action="store_true",
+                         help="replace an existing database (stop the server first)")
+    command(commands, "rotate-key", "re-seal every payload with a new key (stop the server "
+            "first; resumable)", cmd_rotate_key, (DB_OPTION, KEY_OPTION, NEW_KEY_OPTION))
+    command(commands, "encrypt-existing", "seal payloads stored before encryption was turned "
+            "on (resumable)", cmd_encrypt_existing, (DB_OPTION, KEY_OPTION))
+
     admin = commands.add_parser("admin", help="manage admin page users",
                                 description="manage admin page users")
     admin_actions = admin.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -2767,7 +3489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = rewrite_legacy_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     known = parser.get_default("command_names")
     if not argv or (argv[0] not in known and argv[0] not in ("-h", "--help", "--version")):
