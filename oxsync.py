@@ -3012,6 +3012,169 @@ def admin_gc(request):
     return json_response(result)
 
 
+# -- OpenAPI 3.1 description of both APIs (GET /openapi.json) -------------------
+
+def openapi_document() -> dict:
+    def ref(name):
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def answer(description, schema=None, media="application/json"):
+        body = {"description": description}
+        if schema is not None:
+            body["content"] = {media: {"schema": schema}}
+        return body
+
+    def operation(summary, responses, *, body=None, media=("application/json",), params=(),
+                  security=None, tag="sync"):
+        op = {"summary": summary, "tags": [tag], "parameters": list(params),
+              "responses": {**responses, "default": answer("an error", ref("Error"))}}
+        if body is not None:
+            op["requestBody"] = {"required": True,
+                                 "content": {m: {"schema": body} for m in media}}
+        if security is not None:
+            op["security"] = security
+        return op
+
+    def name_param(name, description):
+        return {"name": name, "in": "path", "required": True, "description": description,
+                "schema": {"type": "string", "minLength": 1}}
+
+    ns = name_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
+    path = name_param("path", "object path; '/' separates segments, each percent-encoded")
+    etags = {"type": "string", "pattern": "\\S", "description": "'*' or entity tags"}
+    conditional = [{"name": n, "in": "header", "required": False, "schema": etags}
+                   for n in ("If-Match", "If-None-Match")]
+    blob_headers = [{"name": n, "in": "header", "required": n == "X-OxideTerm-Revision",
+                     "schema": {"type": "string", "pattern": "\\S"} if n.endswith("Revision")
+                     else {"type": "string"}}
+                    for n in ("X-OxideTerm-Revision", "X-OxideTerm-Device-Id",
+                              "X-OxideTerm-Section-Revisions")]
+    binary = {"type": "string", "format": "binary"}
+    ok = answer("done", ref("Ok"))
+    admin, public = [{"session": [], "csrf": []}], []
+
+    def admin_op(summary, responses=None, **kwargs):
+        return operation(summary, responses or {"200": ok}, security=admin, tag="admin",
+                         **kwargs)
+
+    item = {"type": "object"}
+    paths = {
+        "/v1/namespaces/{ns}/metadata": {"parameters": [ns], "get": operation(
+            "the namespace's metadata; {exists: false} when empty",
+            {"200": answer("metadata", ref("Metadata")), "304": answer("not modified")},
+            params=conditional[1:]), "put": operation(
+            "store a manifest (kept verbatim)", {"200": answer("stored", ref("WriteAnswer"))},
+            body=ref("Manifest"), params=conditional)},
+        "/v1/namespaces/{ns}/blob": {"parameters": [ns], "get": operation(
+            "the snapshot", {"200": answer("snapshot bytes", binary, SNAPSHOT_TYPE),
+                             "304": answer("not modified")}, params=conditional[1:]),
+            "put": operation("store a snapshot (compare-and-swap with If-Match)",
+                             {"200": answer("stored", ref("WriteAnswer"))}, body=binary,
+                             media=(SNAPSHOT_TYPE, "application/octet-stream"),
+                             params=conditional + blob_headers)},
+        "/v1/namespaces/{ns}/objects/{path}": {"parameters": [ns, path], "get": operation(
+            "an object", {"200": answer("object bytes", binary, "*/*"),
+                          "304": answer("not modified")}, params=conditional[1:]),
+            "put": operation("store an object", {"200": answer("replaced", ref("ObjectAnswer")),
+                                                 "201": answer("created", ref("ObjectAnswer"))},
+                             body=binary, media=("application/octet-stream",
+                                                 "application/json"), params=conditional)},
+        "/health": {"get": operation("liveness", {"200": answer("up", item)}, security=public,
+                                     tag="service")},
+        "/ready": {"get": operation("readiness", {"200": answer("ready", item),
+                                                  "503": answer("degraded", item)},
+                                    security=public, tag="service")},
+        "/admin/api/login": {"post": operation(
+            "log in; sets the session and CSRF cookies",
+            {"200": answer("session", ref("Session"))}, security=public, tag="admin",
+            body={"type": "object", "required": ["password"], "properties": {
+                "username": {"type": "string"}, "password": {"type": "string"}}})},
+        "/admin/api/logout": {"post": admin_op("log out")},
+        "/admin/api/me": {"get": admin_op("the session", {"200": answer("me", ref("Session"))})},
+        "/admin/api/me/password": {"post": admin_op("change your password", body={
+            "type": "object", "required": ["currentPassword", "newPassword"],
+            "properties": {"currentPassword": {"type": "string"},
+                           "newPassword": {"type": "string", "minLength": 8}}})},
+        "/admin/api/stats": {"get": admin_op("counts, storage, warnings",
+                                             {"200": answer("stats", item)})},
+        "/admin/api/users": {"get": admin_op("admin users", {"200": answer("users", item)}),
+                             "post": admin_op("create an admin user", {"201": answer(
+                                 "created", item)}, body=item)},
+        "/admin/api/users/{name}": {"parameters": [name_param("name", "username")],
+                                    "patch": admin_op("enable, disable or reset password",
+                                                      {"200": answer("user", item)}, body=item),
+                                    "delete": admin_op("delete an admin user")},
+        "/admin/api/namespaces": {"get": admin_op("namespaces with sizes",
+                                                  {"200": answer("namespaces", item)}),
+                                  "post": admin_op("create a namespace", {"201": answer(
+                                      "created", item)}, body=item)},
+        "/admin/api/namespaces/{ns}": {"parameters": [ns, {
+            "name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "delete": admin_op("soft-delete (hard=true purges a deleted namespace)",
+                               {"200": answer("done", item)})},
+        "/admin/api/namespaces/{ns}/restore": {"parameters": [ns], "post": admin_op(
+            "undo a soft delete", {"200": answer("restored", item)})},
+        "/admin/api/namespaces/{ns}/history": {"parameters": [ns], "get": admin_op(
+            "versions with summaries", {"200": answer("history", item)})},
+        "/admin/api/namespaces/{ns}/rollback": {"parameters": [ns], "post": admin_op(
+            "make an earlier version current", {"200": answer("rolled back", item)},
+            body=item)},
+        "/admin/api/tokens": {"get": admin_op("tokens (never secrets)",
+                                              {"200": answer("tokens", item)}),
+                              "post": admin_op("create a token; the secret is in this answer "
+                                               "only", {"201": answer("created", item)},
+                                               body=item)},
+        "/admin/api/tokens/{id}": {"parameters": [name_param("id", "token id")],
+                                   "patch": admin_op("rename, enable, disable, set expiry",
+                                                     {"200": answer("token", item)}, body=item),
+                                   "delete": admin_op("delete a token")},
+        "/admin/api/tokens/{id}/rotate": {"parameters": [name_param("id", "token id")],
+                                          "post": admin_op("new secret; the old one stops",
+                                                           {"200": answer("rotated", item)})},
+        "/admin/api/conflicts": {"get": admin_op("recent 412s, newest first",
+                                                 {"200": answer("conflicts", item)})},
+        "/admin/api/gc": {"post": admin_op("apply object retention now",
+                                           {"200": answer("removed", item)})},
+    }
+    text = {"type": "string"}
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "ok": {"const": False}, "error": {
+                "type": "object", "required": ["code", "message"], "properties": {
+                    "code": text, "message": text, "remoteEtag": text,
+                    "remoteRevision": text}}}},
+        "Metadata": {"type": "object", "required": ["exists"], "properties": {
+            "exists": {"type": "boolean"}, "etag": text, "revision": text,
+            "contentLength": {"type": "integer"}, "contentHash": text}},
+        "Manifest": {"type": "object", "required": ["revision"], "properties": {
+            "revision": {"type": "string", "minLength": 1}}},
+        "WriteAnswer": {"type": "object", "required": ["ok", "etag"], "properties": {
+            "ok": {"const": True}, "etag": text, "revision": text,
+            "sectionRevisions": {"type": "object"}}},
+        "ObjectAnswer": {"type": "object", "required": ["etag"], "properties": {
+            "ok": {"const": True}, "etag": text}},
+        "Ok": {"type": "object", "properties": {"ok": {"const": True}}},
+        "Session": {"type": "object", "required": ["username", "expiresAt"], "properties": {
+            "username": text, "expiresAt": text, "csrfToken": text}},
+    }
+    return {"openapi": "3.1.0",
+            "info": {"title": "oxsync", "version": VERSION,
+                     "description": "Cloud Sync server for OxideTerm: the sync API the client "
+                                    "uses, and the admin API behind the admin page."},
+            "paths": paths, "security": [{"bearer": []}, {"basic": []}],
+            "components": {"schemas": schemas, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic",
+                          "description": "the password part is the token"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}}}}
+
+
+@route("GET", "/openapi.json")
+def openapi(request):
+    return json_response(openapi_document())
+
+
 # ---------------------------------------------------------------------------
 # 9. CLI: serve, and the operator commands (safe while the server runs)
 # ---------------------------------------------------------------------------
