@@ -43,6 +43,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -130,6 +131,15 @@ def parse_positive(value: str) -> int:
     if number == 0:
         raise ValueError("expected a whole number of 1 or more")
     return number
+
+
+def parse_optional_port(value: str) -> int | None:
+    if not value.strip():
+        return None
+    port = parse_positive(value)
+    if port > 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    return port
 
 
 def parse_optional_seconds(value: str) -> int | None:
@@ -239,6 +249,11 @@ SERVER_OPTIONS = STORE_OPTIONS + [
            "a request's headers (and a small body) must arrive within this time"),
     Option("MAX_CONNECTIONS", "--max-connections", parse_positive, "512",
            "open connections served at once; more are answered 503 with Retry-After"),
+    Option("TLS_CERT_FILE", "--tls-cert", str, "",
+           "PEM certificate (chain); with --tls-key, oxsync serves HTTPS itself"),
+    Option("TLS_KEY_FILE", "--tls-key", str, "", "PEM private key of that certificate"),
+    Option("REDIRECT_HTTP_PORT", "--redirect-http", parse_optional_port, "",
+           "with TLS: also listen on this port and answer 308 to the HTTPS URL"),
     Option("LOG_LEVEL", "--log-level", parse_log_level, "info",
            "trace, debug, info, warn or error (RUST_LOG is accepted too)"),
     Option("LOG_FORMAT", "--log-format", parse_log_format, "text", "text or json"),
@@ -321,6 +336,9 @@ class Config:
     metrics_token: bytes | None = None
     request_timeout_seconds: int = 30
     max_connections: int = 512
+    tls_cert: str = ""
+    tls_key: str = ""
+    redirect_http: int | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -1613,7 +1631,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.client_address[0]
 
     def is_https(self) -> bool:
-        return self.app.config.trust_proxy_headers and \
+        return self.app.certificate is not None or self.app.config.trust_proxy_headers and \
             (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
 
     def query(self) -> dict[str, str]:
@@ -1796,6 +1814,83 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         log.debug("http.server: " + format, *args)
 
 
+class Certificate:
+    """The TLS certificate and key in use, reloaded on SIGHUP or when the files change.
+
+    A pair that fails to load is refused with a log line; the old one stays in use.
+    """
+
+    WARN_DAYS = 14
+
+    def __init__(self, cert_path: str, key_path: str):
+        self.cert_path, self.key_path = cert_path, key_path
+        self.context, self.expires_at = self._load()
+        self._stamp = self._file_stamp()
+        self._lock = threading.Lock()
+
+    def _file_stamp(self):
+        with contextlib.suppress(OSError):
+            return tuple(os.stat(p).st_mtime_ns for p in (self.cert_path, self.key_path))
+        return None
+
+    def _load(self) -> tuple[ssl.SSLContext, float | None]:
+        for path in (self.cert_path, self.key_path):
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"cannot read {path}: " + (
+                    "permission denied" if os.path.exists(path) else "no such file"))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        context.set_alpn_protocols(["http/1.1"])
+        try:
+            context.load_cert_chain(self.cert_path, self.key_path)
+        except ssl.SSLError as error:
+            reason = "the key does not match the certificate" if "MISMATCH" in str(error) \
+                else f"not a PEM certificate and key ({error.reason or error})"
+            raise ConfigError(f"TLS pair {self.cert_path} / {self.key_path}: {reason}") from None
+        expires = certificate_expiry(self.cert_path)
+        if expires is not None and expires <= time.time():
+            raise ConfigError(f"the certificate {self.cert_path} expired on "
+                              f"{rfc3339(expires)[:10]}; renew it")
+        if expires is not None and expires - time.time() < self.WARN_DAYS * 86400:
+            log.warning("the TLS certificate expires on %s, in less than %d days; renew it",
+                        rfc3339(expires)[:10], self.WARN_DAYS)
+        return context, expires
+
+    def reload(self, reason: str) -> bool:
+        with self._lock:
+            stamp = self._file_stamp()
+            try:
+                self.context, self.expires_at = self._load()
+            except ConfigError as error:
+                log.error("certificate reload (%s) refused, the current one stays: %s",
+                          reason, error)
+                return False
+            finally:
+                self._stamp = stamp
+        log.info("TLS certificate reloaded (%s); it expires %s", reason,
+                 rfc3339(self.expires_at) if self.expires_at else "(unknown)")
+        return True
+
+    def reload_if_changed(self) -> None:
+        if self._file_stamp() != self._stamp:
+            self.reload("files changed")
+
+
+def certificate_expiry(path: str) -> float | None:
+    """notAfter of a PEM certificate: with `cryptography` if present, else the ssl module's."""
+    try:
+        from cryptography import x509
+        with open(path, "rb") as file:
+            return x509.load_pem_x509_certificate(file.read()).not_valid_after_utc.timestamp()
+    except ImportError:
+        decode = getattr(ssl._ssl, "_test_decode_cert", None)  # noqa: SLF001 - no public API
+        return ssl.cert_time_to_seconds(decode(path)["notAfter"]) if decode else None
+    except ValueError as error:
+        raise ConfigError(f"cannot read the certificate {path}: {error}") from None
+
+
 class Server(http.server.ThreadingHTTPServer):
     """A thread per connection, at most MAX_CONNECTIONS of them; the rest get 503."""
 
@@ -1833,6 +1928,28 @@ class Server(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def finish_request(self, request, client_address):
+        """With TLS, the handshake runs here, on the connection's own thread, with a deadline."""
+        certificate = self.app.certificate
+        if certificate is None:
+            return super().finish_request(request, client_address)
+        try:
+            request.settimeout(self.app.config.request_timeout_seconds)
+            secure = certificate.context.wrap_socket(request, server_side=True,
+                                                     do_handshake_on_connect=False)
+        except OSError:
+            return
+        try:
+            secure.do_handshake()
+        except (OSError, ValueError) as error:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+            secure.close()
+            return
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
     def _refuse(self, sock: socket.socket) -> None:
         """Too many connections: a quick 503 that the client retries after Retry-After."""
@@ -1916,6 +2033,7 @@ class App:
         self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
         self.metrics = Metrics()
+        self.certificate: Certificate | None = None
         self.started = time.monotonic()
         self.admin_page = load_admin_page()
 
@@ -2353,6 +2471,8 @@ def ready(request):
             "diskAboveMinimum": above, "encryptionEnabled": app.sealer.enabled,
             "adminEnabled": admin_enabled,
             "jwtSecretPersistent": app.config.admin_jwt_secret is not None, "version": VERSION}
+    if app.certificate and app.certificate.expires_at:
+        body["tlsCertificateExpiresAt"] = rfc3339(app.certificate.expires_at)
     if writable and above:
         return json_response(body)
     return json_response(body, 503, [("Retry-After", "5")])
@@ -2372,6 +2492,8 @@ def metrics(request):
     gauges = {"database_bytes": app.store.file_bytes(), "disk_free_bytes": app.disk_free(),
               "open_connections": app.watch.open_connections(),
               "encryption_enabled": int(app.sealer.enabled)}
+    if app.certificate and app.certificate.expires_at:
+        gauges["tls_certificate_expiry_timestamp_seconds"] = int(app.certificate.expires_at)
     return Response(200, app.metrics.render(gauges).encode(),
                     content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -2470,7 +2592,10 @@ def admin_page(request):
     page = request.app.admin_page
     if page is None:
         raise HTTPError(404, "admin.html is missing from this installation")
-    return Response(200, page, admin_page_headers(page), "text/html; charset=utf-8")
+    headers = admin_page_headers(page)
+    if request.app.certificate:
+        headers.append(("Strict-Transport-Security", "max-age=31536000"))
+    return Response(200, page, headers, "text/html; charset=utf-8")
 
 
 route("GET", "/admin/")(admin_page)  # the same page with a trailing slash
@@ -3202,11 +3327,16 @@ GC_INTERVAL = 3600
 
 def housekeeping(app: App, stop: threading.Event) -> None:
     """Cuts overdue connections twice a second, writes token usage every 5 seconds,
-    and applies object retention every hour (first a minute after startup)."""
+    applies object retention every hour (first a minute after startup) and picks up
+    a renewed TLS certificate within a minute."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
+    next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
         app.watch.sweep()
         now = time.monotonic()
+        if app.certificate and now >= next_certificate_check:
+            next_certificate_check = now + 60
+            app.certificate.reload_if_changed()
         try:
             if now - last_flush >= 5:
                 last_flush = now
@@ -3235,6 +3365,7 @@ def drain(server: Server, app: App, grace: float = 10.0) -> None:
 
 
 def run_server(config: Config) -> int:
+    certificate = load_certificate(config)
     store, sealer = open_store(config)
     if config.admin_password:
         try:
@@ -3248,11 +3379,13 @@ def run_server(config: Config) -> int:
         log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
                     "when the server restarts")
     app = App(config, store, sealer)
+    app.certificate = certificate
     host, port = config.listen
     try:
         server = Server(app)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    redirect = start_redirect_listener(config) if config.redirect_http else None
     stop = threading.Event()
     threading.Thread(target=housekeeping, args=(app, stop), daemon=True,
                      name="housekeeping").start()
@@ -3263,10 +3396,15 @@ def run_server(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("oxsync %s listening on %s:%d (database %s, encryption %s)", VERSION, host,
-             server.server_port, config.db_path,
+    if certificate:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+            target=certificate.reload, args=("SIGHUP",), daemon=True).start())
+    log.info("oxsync %s listening on %s://%s:%d (database %s, encryption %s)", VERSION,
+             "https" if certificate else "http", host, server.server_port, config.db_path,
              f"on, key id {sealer.key_id}" if sealer.enabled else "off")
     server.serve_forever(poll_interval=0.25)
+    if redirect:
+        redirect.shutdown()
     drain(server, app)
     stop.set()
     app.usage.flush(store)
@@ -3297,6 +3435,55 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
               for i, (_, title) in enumerate(columns)]
     for line in [[title for _, title in columns]] + cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+class RedirectHandler(http.server.BaseHTTPRequestHandler):
+    """The plain-HTTP port next to HTTPS: every request gets a 308 to the HTTPS URL."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def redirect(self):
+        host = (self.headers.get("Host") or self.server.https_host).strip()
+        host = host[:host.index("]") + 1] if host.startswith("[") and "]" in host \
+            else host.partition(":")[0]
+        port = self.server.https_port
+        target = self.path if self.path.startswith("/") else "/"
+        location = f"https://{host}{'' if port == 443 else f':{port}'}{target}"
+        self.send_response(308)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = redirect
+
+    def log_message(self, format, *args):
+        log.debug("redirect: " + format, *args)
+
+
+def start_redirect_listener(config: Config) -> http.server.ThreadingHTTPServer:
+    host = config.listen[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("RedirectServer", (http.server.ThreadingHTTPServer,),
+                        {"address_family": family, "daemon_threads": True})
+    try:
+        server = server_class((host, config.redirect_http), RedirectHandler)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{config.redirect_http} for the HTTP "
+                          f"redirect: {error.strerror}") from None
+    server.https_host, server.https_port = host, config.listen[1]
+    threading.Thread(target=server.serve_forever, daemon=True, name="redirect").start()
+    log.info("answering http://%s:%d with redirects to HTTPS", host, config.redirect_http)
+    return server
+
+
+def load_certificate(config: Config) -> Certificate | None:
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("TLS needs both --tls-cert (TLS_CERT_FILE) and --tls-key "
+                          "(TLS_KEY_FILE)")
+    if config.redirect_http and not config.tls_cert:
+        raise ConfigError("--redirect-http (REDIRECT_HTTP_PORT) only makes sense with TLS")
+    return Certificate(config.tls_cert, config.tls_key) if config.tls_cert else None
 
 
 def cmd_serve(args) -> int:
