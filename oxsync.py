@@ -1551,7 +1551,7 @@ class ConnectionWatch:
                 del self._deadlines[sock]
         for sock in overdue:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # plain shutdown, TLS or not
 
 
 _date_cache = [0, ""]
@@ -1581,10 +1581,27 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def handle(self):
         try:
             super().handle()
+            if getattr(self, "body_length", 0) and not self.body_read:
+                self.linger()
         except OSError:
             pass  # the peer went away or the watch cut the connection
         finally:
             self.app.watch.forget(self.connection)
+
+    def linger(self, seconds: float = 2.0) -> None:
+        """After answering early (413, 401...) to a client still sending its body, read
+        and drop what it sends for a moment, so closing does not reset the connection
+        before the client has read the answer."""
+        self.wfile.flush()
+        socket.socket.shutdown(self.connection, socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        self.connection.settimeout(0.25)
+        while time.monotonic() < deadline:
+            try:
+                if not self.connection.recv(65536):
+                    return
+            except TimeoutError:
+                continue
 
     def handle_one_request(self):
         watch, config = self.app.watch, self.app.config
@@ -1740,6 +1757,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             return
         try:
             self._read_exact(self.body_length)
+            self.body_read = True
         except ClientGone:
             self.close_connection = True
 
@@ -2157,6 +2175,11 @@ def parse_json_object(body, what: str) -> dict:
         raise HTTPError(400, f"{what} must be a JSON object, not {type(value).__name__}")
     if json_depth(value) > MAX_JSON_DEPTH:
         raise HTTPError(400, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        json_body(value)
+    except UnicodeEncodeError:
+        raise HTTPError(400, f"{what} contains a lone UTF-16 surrogate escape such as "
+                             "\\ud800; strings must be valid Unicode") from None
     return value
 
 
