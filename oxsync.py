@@ -1485,8 +1485,12 @@ class Router:
             params = self._match(route.parts, segments)
             if params is not None:
                 return route, params
+        hint = ""
+        if raw_path.startswith("/v1/namespaces/") and raw_path.count("/") > 4:
+            hint = (" (a namespace containing '/' must arrive as one segment, 'team%2Fdefault';"
+                    " a reverse proxy that decodes paths breaks this)")
         raise HTTPError(404, f"no such endpoint {raw_path[:200]!r}; the sync API is under "
-                             "/v1/namespaces/{namespace}/")
+                             f"/v1/namespaces/{{namespace}}/{hint}")
 
     @staticmethod
     def _match(parts: list[str], segments: list[str]) -> dict | None:
