@@ -307,8 +307,8 @@ def resolve_options(args: argparse.Namespace, options: list[Option]) -> dict:
         try:
             settings[option.dest] = option.parse(raw)
         except ValueError as error:
-            shown = "(hidden)" if "KEY" in option.env or "SECRET" in option.env or \
-                "PASSWORD" in option.env else repr(raw)
+            secret = any(word in option.env for word in ("KEY", "SECRET", "PASSWORD", "TOKEN"))
+            shown = "(hidden)" if secret else repr(raw)
             raise ConfigError(f"invalid {source} {shown}: {error}") from None
     return settings
 
@@ -1206,19 +1206,24 @@ def file_sha256(path: str) -> str:
 def backup_database(store: Store, target: str) -> str:
     """An online copy (SQLite backup API; the server keeps serving) plus FILE.sha256."""
     partial = target + ".partial"
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(partial)
-    source, copy = store.connect_plain(), sqlite3.connect(partial)
     try:
-        source.backup(copy)
-        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-    finally:
-        copy.close()
-        source.close()
-    os.replace(partial, target)
-    digest = file_sha256(target)
-    with open(target + ".sha256", "w") as sidecar:
-        sidecar.write(f"{digest}  {os.path.basename(target)}\n")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        source, copy = store.connect_plain(), sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            copy.close()
+            source.close()
+        os.replace(partial, target)
+        digest = file_sha256(target)
+        with open(target + ".sha256", "w") as sidecar:
+            sidecar.write(f"{digest}  {os.path.basename(target)}\n")
+    except (OSError, sqlite3.Error) as error:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise StoreError(f"cannot write the backup {target}: {error}") from None
     return digest
 
 
@@ -1460,7 +1465,7 @@ class Route:
         self.template = template
         self.parts = template[1:].split("/")
         self.methods: dict[str, object] = {}
-        self.cors = template.startswith("/v1/")
+        self.cors = template.startswith("/v1/")  # the sync API answers browsers too
 
 
 class Router:
@@ -1568,6 +1573,23 @@ def date_header() -> str:
     return _date_cache[1]
 
 
+class HeaderLines:
+    """The header lines as http.server reads them, noting any with a NUL or a bare CR.
+
+    Its parser would otherwise treat a bare CR as a line end, so 'X-A: a<CR>Authorization:
+    ...' inside one line would smuggle in a second header.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.malformed = stream, False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.stream.readline(limit)
+        if b"\0" in line or b"\r" in line.rstrip(b"\r\n"):
+            self.malformed = True
+        return line
+
+
 class RequestHandler(http.server.BaseHTTPRequestHandler):
     """One connection: reads requests, frames bodies, writes answers in one send."""
 
@@ -1622,15 +1644,24 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
             return
+        words = self.raw_requestline.split()
+        if len(words) == 2 and words[0] == b"GET":
+            self.close_connection = True  # HTTP/0.9: it has no status line to answer with
+            return
         if not self.raw_requestline or not self.parse_request():
             self.close_connection = True
-            return
-        if self.request_version == "HTTP/0.9":
-            self.close_connection = True  # 0.9 has no status line to answer with
             return
         self.serve()
         if self.server.draining:
             self.close_connection = True
+
+    def parse_request(self):
+        """http.server's parser, watching the raw header lines it reads (HeaderLines)."""
+        raw, self.rfile = self.rfile, HeaderLines(self.rfile)
+        try:
+            return super().parse_request()
+        finally:
+            self.header_lines_malformed, self.rfile = self.rfile.malformed, raw
 
     # -- the request -------------------------------------------------------
 
@@ -1666,7 +1697,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise HTTPError(400, "request target contains control characters", close=True)
         if not self.path.startswith("/"):
             raise HTTPError(400, "request target must be a path starting with '/'", close=True)
-        if self.headers.defects or self.headers.get_payload():
+        if self.header_lines_malformed or self.headers.defects or self.headers.get_payload():
             raise HTTPError(400, "malformed header section", close=True)
         for name, value in self.headers.items():
             if any(c in value for c in "\0\r\n") or any(c in name for c in "\0\r\n :"):
@@ -1690,10 +1721,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                                      f"got {value[:40]!r}", close=True)
             self.body_length = int(value)
 
-    def read_body(self, limit: int, what: str = "body"):
+    def read_body(self, limit: int, what: str = "body", stored: bool = False):
         """The whole request body (at most `limit` bytes), as a bytearray.
 
-        The size is decided from Content-Length before a byte of the body is read.
+        The size is decided from Content-Length before a byte of the body is read;
+        a body to be `stored` also needs room on the disk (507 otherwise).
         """
         if not self.chunked and "Content-Length" not in self.headers:
             raise HTTPError(411, "send a Content-Length header (or chunked "
@@ -1701,6 +1733,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.body_length > limit:
             raise HTTPError(413, f"{what} is {self.body_length} bytes; this server accepts at "
                                  f"most {limit} bytes", close=True)
+        if stored:
+            self.app.require_space(self.body_length)
         if (self.headers.get("Expect") or "").lower() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         expected = self.body_length if not self.chunked else limit
@@ -1792,7 +1826,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         except Exception as error:  # noqa: BLE001 - every failure becomes a JSON answer
             response = error_response(self.app.explain_failure(error, self))
         self.discard_unread_body()
-        if route is not None and route.cors:
+        if self.path.startswith("/v1/"):
             response.headers.extend(self.app.cors_headers(self.headers.get("Origin")))
         self.write_response(response)
         self.app.log_access(self, route.template if route else "-", response,
@@ -1865,11 +1899,15 @@ class Certificate:
         context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
         context.set_alpn_protocols(["http/1.1"])
-        try:
-            context.load_cert_chain(self.cert_path, self.key_path)
-        except ssl.SSLError as error:
-            reason = "the key does not match the certificate" if "MISMATCH" in str(error) \
-                else f"not a PEM certificate and key ({error.reason or error})"
+        try:  # an empty pass phrase: a protected key fails instead of prompting on a terminal
+            context.load_cert_chain(self.cert_path, self.key_path, password=lambda: b"")
+        except (ssl.SSLError, OSError) as error:
+            text = str(error)
+            reason = "the key does not match the certificate" if "MISMATCH" in text else \
+                "the key is protected by a pass phrase; give oxsync an unencrypted key " \
+                "(readable only by its user)" if "DECRYPT" in text.upper() or \
+                "BAD_PASSWORD" in text.upper() else \
+                f"not a PEM certificate and key ({getattr(error, 'reason', None) or text})"
             raise ConfigError(f"TLS pair {self.cert_path} / {self.key_path}: {reason}") from None
         expires = certificate_expiry(self.cert_path)
         if expires is not None and expires <= time.time():
@@ -1925,6 +1963,7 @@ class Server(http.server.ThreadingHTTPServer):
         host, port = app.config.listen
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._slots = threading.BoundedSemaphore(app.config.max_connections)
+        self._refusers = threading.BoundedSemaphore(32)
         super().__init__((host, port), RequestHandler)
 
     def server_bind(self):
@@ -1937,7 +1976,10 @@ class Server(http.server.ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
-            self._refuse(request)
+            if self._refusers.acquire(blocking=False):
+                threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+            else:
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
@@ -1953,40 +1995,53 @@ class Server(http.server.ThreadingHTTPServer):
 
     def finish_request(self, request, client_address):
         """With TLS, the handshake runs here, on the connection's own thread, with a deadline."""
-        certificate = self.app.certificate
-        if certificate is None:
-            return super().finish_request(request, client_address)
-        try:
-            request.settimeout(self.app.config.request_timeout_seconds)
-            secure = certificate.context.wrap_socket(request, server_side=True,
-                                                     do_handshake_on_connect=False)
-        except OSError:
-            return
-        try:
-            secure.do_handshake()
-        except (OSError, ValueError) as error:
-            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
-            secure.close()
+        secure = self._handshake(request, client_address)
+        if secure is None:
             return
         try:
             super().finish_request(secure, client_address)
         finally:
+            if secure is not request:
+                secure.close()
+
+    def _handshake(self, sock: socket.socket, client_address) -> socket.socket | None:
+        certificate = self.app.certificate
+        if certificate is None:
+            return sock
+        try:
+            sock.settimeout(self.app.config.request_timeout_seconds)
+            secure = certificate.context.wrap_socket(sock, server_side=True,
+                                                     do_handshake_on_connect=False)
+        except OSError:
+            return None
+        try:
+            secure.do_handshake()
+            return secure
+        except (OSError, ValueError) as error:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], error)
             secure.close()
+            return None
 
     def _refuse(self, sock: socket.socket) -> None:
-        """Too many connections: a quick 503 that the client retries after Retry-After."""
+        """Too many connections: a 503 the client retries after Retry-After. Runs on one of
+        a few short-lived threads, so silent connections cannot stall the accept loop."""
         log.warning("connection limit (%d) reached; answering 503",
                     self.app.config.max_connections)
         body = json_body({"error": {"code": "unavailable", "message": "the server is at its "
                                     "connection limit; retry shortly"}})
-        with contextlib.suppress(OSError):
-            sock.settimeout(0.2)
+        try:
+            sock.settimeout(2)
+            sock = self._handshake(sock, ("-",)) or sock
             with contextlib.suppress(OSError):
-                sock.recv(65536)
+                sock.recv(65536)  # the request head, so closing does not reset the answer
             sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\n"
                          b"Content-Type: application/json\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.shutdown_request(sock)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(sock)
+            self._refusers.release()
 
 
 class Metrics:
@@ -2321,8 +2376,8 @@ def put_metadata(request, ns):
     app = request.app
     authorize_write(request, ns)
     conditions = request_conditions(request)
-    app.require_space(request.body_length)
-    manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata"), "metadata")
+    manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
+                                 "metadata")
     revision = manifest.get("revision")
     if not isinstance(revision, str) or not revision:
         raise HTTPError(400, "metadata needs a non-empty string 'revision'")
@@ -2392,11 +2447,11 @@ def put_blob(request, ns):
                              "snapshot being uploaded")
     device_id = request.header("X-OxideTerm-Device-Id") or None
     section_revisions = None
-    with contextlib.suppress(ValueError):  # not valid JSON: ignored, as the contract says
-        section_revisions = json.loads(request.header("X-OxideTerm-Section-Revisions") or "")
+    with contextlib.suppress(HTTPError):  # not a valid JSON object: ignored, as the contract says
+        section_revisions = parse_json_object(
+            (request.header("X-OxideTerm-Section-Revisions") or "").encode(), "header")
     content_type = request_content_type(request) or SNAPSHOT_TYPE
-    app.require_space(request.body_length)
-    body = request.read_body(app.config.max_blob_size, "snapshot")
+    body = request.read_body(app.config.max_blob_size, "snapshot", stored=True)
     size, digest = len(body), hashlib.sha256(body).hexdigest()
     stored, key_id = app.sealer.seal(body, payload_context(ns, "blob"))
     del body
@@ -2411,8 +2466,7 @@ def put_blob(request, ns):
         if conflict is None:
             set_blob_metadata(metadata, revision=revision, digest=digest, size=size,
                               uploaded=now, content_type=content_type, device_id=device_id,
-                              section_revisions=section_revisions
-                              if isinstance(section_revisions, dict) else None)
+                              section_revisions=section_revisions)
             keep_blob_version(db, ns, app.config.blob_history)
             save_metadata(db, ns, metadata, now)
             sections = metadata.get("sectionRevisions")
@@ -2454,8 +2508,7 @@ def put_object(request, ns, path):
     authorize_write(request, ns)
     conditions = request_conditions(request)
     content_type = request_content_type(request)
-    app.require_space(request.body_length)
-    body = request.read_body(app.config.max_object_size, "object")
+    body = request.read_body(app.config.max_object_size, "object", stored=True)
     size = len(body)
     stored, key_id = app.sealer.seal(body, payload_context(ns, "object", path))
     del body
@@ -2786,13 +2839,19 @@ def admin_login(request):
         raise HTTPError(401, "wrong username or password")
     with app.store.write() as db:
         db.execute("DELETE FROM login_failures WHERE ip = ?", (ip,))
-    csrf = secrets.token_urlsafe(32)
-    claims = {"sub": username, "iat": int(now), "exp": int(now) + SESSION_SECONDS,
-              "csrf": csrf, "ver": password_version(user["password_hash"])}
     request.admin_user = username
     audit(request, "login")
-    return json_response(session_view(claims), headers=session_cookies(
-        request, jwt_encode(claims, app.jwt_secret), csrf, SESSION_SECONDS))
+    claims, cookies = new_session(request, user)
+    return json_response(session_view(claims), headers=cookies)
+
+
+def new_session(request, user) -> tuple[dict, list[tuple[str, str]]]:
+    """Claims and Set-Cookie headers for a fresh 24-hour session of `user`."""
+    now, csrf = int(time.time()), secrets.token_urlsafe(32)
+    claims = {"sub": user["username"], "iat": now, "exp": now + SESSION_SECONDS,
+              "csrf": csrf, "ver": password_version(user["password_hash"])}
+    token = jwt_encode(claims, request.app.jwt_secret)
+    return claims, session_cookies(request, token, csrf, SESSION_SECONDS)
 
 
 def session_view(claims: dict) -> dict:
@@ -2824,8 +2883,11 @@ def admin_change_own_password(request):
         raise HTTPError(403, "the current password is wrong")
     with request.app.store.write() as db:
         set_user_password(db, claims["sub"], new)
+        user = existing_user(db, claims["sub"])
     audit(request, "change-own-password")
-    return json_response({"ok": True})
+    # The new password ends every other session of this user; this one continues.
+    claims, cookies = new_session(request, user)
+    return json_response({"ok": True, **session_view(claims)}, headers=cookies)
 
 
 # -- users ---------------------------------------------------------------------
@@ -3434,8 +3496,12 @@ def run_server(config: Config) -> int:
         redirect.shutdown()
     drain(server, app)
     stop.set()
-    app.usage.flush(store)
-    store.checkpoint()
+    try:
+        app.usage.flush(store)
+        store.checkpoint()
+    except sqlite3.Error as error:
+        log.error("could not write the last token usage or checkpoint the WAL: %s (the data "
+                  "itself is safe; SQLite finishes the checkpoint on the next start)", error)
     store.close()
     log.info("stopped cleanly")
     return 0
