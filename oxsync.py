@@ -36,7 +36,9 @@ import http.cookies
 import http.server
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -699,13 +701,15 @@ class Store:
             log.info("database schema migrated to version %d", number + 1)
 
     @contextlib.contextmanager
-    def read(self):
-        """A connection holding one read transaction: a consistent snapshot."""
+    def read(self, snapshot: bool = False):
+        """A reader connection; with `snapshot`, its statements share one read transaction
+        (needed when a row is looked up and its payload read in separate steps)."""
         with self._readers_lock:
             db = self._readers.pop() if self._readers else None
         db = db or self._connect()
         try:
-            db.execute("BEGIN")
+            if snapshot:
+                db.execute("BEGIN")
             try:
                 yield db
             finally:
@@ -1369,9 +1373,13 @@ def token_from_header(value: str | None) -> str:
     raise HTTPError(401, "malformed Authorization header; expected 'Bearer <token>'")
 
 
-def authenticate(db, raw: str):
-    row = db.execute("SELECT id, name, namespace_pattern, permissions, enabled, expires_at "
-                     "FROM tokens WHERE token_hash = ?", (hash_token(raw),)).fetchone()
+def authenticate(db, raw: str, namespace: str):
+    """The token's row joined with the namespace's (its columns NULL when there is none):
+    one statement for the hottest path, GET metadata."""
+    row = db.execute("SELECT t.id, t.name, t.namespace_pattern, t.permissions, t.enabled, "
+                     "t.expires_at, n.name AS namespace, n.metadata, n.etag, n.deleted_at "
+                     "FROM tokens t LEFT JOIN namespaces n ON n.name = ? "
+                     "WHERE t.token_hash = ?", (namespace, hash_token(raw))).fetchone()
     if row is None:
         raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
                              "server's administrator for a new one")
@@ -1472,21 +1480,22 @@ class Router:
     """Routes on the raw path; each segment is percent-decoded only after it matched."""
 
     def __init__(self):
-        self.routes: list[Route] = []
+        self.routes: dict[str, list[Route]] = {}  # by first path segment
 
     def route(self, method: str, template: str):
         def register(handler):
-            route = next((r for r in self.routes if r.template == template), None)
+            routes = self.routes.setdefault(template[1:].split("/")[0], [])
+            route = next((r for r in routes if r.template == template), None)
             if route is None:
                 route = Route(template)
-                self.routes.append(route)
+                routes.append(route)
             route.methods[method] = handler
             return handler
         return register
 
     def match(self, raw_path: str) -> tuple[Route, dict]:
         segments = raw_path[1:].split("/")
-        for route in self.routes:
+        for route in self.routes.get(segments[0], ()):
             params = self._match(route.parts, segments)
             if params is not None:
                 return route, params
@@ -1571,6 +1580,11 @@ def date_header() -> str:
     if _date_cache[0] != now:
         _date_cache[:] = [now, http_date(now)]
     return _date_cache[1]
+
+
+CONTROL_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
+BAD_IN_HEADER_VALUE = re.compile(r"[\0\r\n]")
+BAD_IN_HEADER_NAME = re.compile(r"[\0\r\n :]")
 
 
 class HeaderLines:
@@ -1693,14 +1707,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def check_framing(self) -> None:
         """Header sanity and body framing, decided before any handler runs."""
         self.body_length, self.chunked, self.body_read = 0, False, False
-        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in self.path):
+        if CONTROL_IN_TARGET.search(self.path):
             raise HTTPError(400, "request target contains control characters", close=True)
         if not self.path.startswith("/"):
             raise HTTPError(400, "request target must be a path starting with '/'", close=True)
         if self.header_lines_malformed or self.headers.defects or self.headers.get_payload():
             raise HTTPError(400, "malformed header section", close=True)
         for name, value in self.headers.items():
-            if any(c in value for c in "\0\r\n") or any(c in name for c in "\0\r\n :"):
+            if BAD_IN_HEADER_VALUE.search(value) or BAD_IN_HEADER_NAME.search(name):
                 raise HTTPError(400, f"header {name[:40]!r} contains forbidden characters",
                                 close=True)
         lengths = self.headers.get_all("Content-Length") or []
@@ -2257,12 +2271,13 @@ def json_depth(value) -> int:
 def sync_access(request, db, namespace: str, permission: str):
     """Authenticate and authorize a sync call -> (token row, namespace row or None)."""
     try:
-        token = authenticate(db, token_from_header(request.headers.get("Authorization")))
+        token = authenticate(db, token_from_header(request.headers.get("Authorization")),
+                             namespace)
     except HTTPError:
         request.app.metrics.add("auth_failures")
         raise
     request.token_id = token["id"]
-    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+    row = token if token["namespace"] is not None else None
     authorize(token, namespace, row, permission)
     version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
     request.app.usage.record(token["id"], namespace, request.client_ip(), version)
@@ -2422,7 +2437,7 @@ def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: st
 
 @route("GET", "/v1/namespaces/{ns}/blob")
 def get_blob(request, ns):
-    with request.app.store.read() as db:
+    with request.app.store.read(snapshot=True) as db:
         _, row = sync_access(request, db, ns, "read")
         blob = db.execute("SELECT rowid, key_id FROM blobs WHERE namespace = ?",
                           (ns,)).fetchone()
@@ -2485,7 +2500,7 @@ def put_blob(request, ns):
 
 @route("GET", "/v1/namespaces/{ns}/objects/{path*}")
 def get_object(request, ns, path):
-    with request.app.store.read() as db:
+    with request.app.store.read(snapshot=True) as db:
         sync_access(request, db, ns, "read")
         row = db.execute("SELECT rowid, key_id, etag, content_type, updated_at FROM objects "
                          "WHERE namespace = ? AND path = ?", (ns, path)).fetchone()
@@ -2641,9 +2656,14 @@ def admin_exists(db) -> bool:
 
 def load_admin_page() -> bytes | None:
     """admin.html beside this module, from a checkout or from inside the zipapp."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "admin.html")
+    # No abspath: inside a zipapp the loader only knows the archive path as it was given.
+    path = os.path.join(os.path.dirname(__file__), "admin.html")
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as file:
+            return file.read()
+    get_data = getattr(globals().get("__loader__"), "get_data", None)  # zipimporter
     try:
-        return __loader__.get_data(path)
+        return get_data(path) if get_data else None
     except OSError:
         return None
 
@@ -2733,12 +2753,19 @@ def request_cookies(request) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
-def session_cookies(request, token: str, csrf: str, max_age: int) -> list[tuple[str, str]]:
-    """No Path attribute: the browser scopes them to .../admin/api, prefix or not."""
+def cookie_path(base: str) -> str:
+    """Path=<base>/admin. The page sends its base path (the prefix a reverse proxy strips,
+    e.g. '/sync'), which the server cannot see; only safe path characters are kept."""
+    base = base.rstrip("/") if re.fullmatch(r"(/[A-Za-z0-9._~%!$&'()*+,=:@-]*)*", base) else ""
+    return f"{base[:200]}/admin"
+
+
+def session_cookies(request, token: str, csrf: str, max_age: int,
+                    path: str) -> list[tuple[str, str]]:
     secure = "; Secure" if request.app.config.admin_cookie_secure and request.is_https() else ""
-    return [("Set-Cookie", f"{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; "
-                           f"Max-Age={max_age}{secure}"),
-            ("Set-Cookie", f"{CSRF_COOKIE}={csrf}; SameSite=Strict; Max-Age={max_age}{secure}")]
+    common = f"SameSite=Strict; Path={path}; Max-Age={max_age}{secure}"
+    return [("Set-Cookie", f"{SESSION_COOKIE}={token}; HttpOnly; {common}"),
+            ("Set-Cookie", f"{CSRF_COOKIE}={csrf}; {common}")]
 
 
 def admin_session(request) -> dict:
@@ -2841,17 +2868,18 @@ def admin_login(request):
         db.execute("DELETE FROM login_failures WHERE ip = ?", (ip,))
     request.admin_user = username
     audit(request, "login")
-    claims, cookies = new_session(request, user)
+    path = cookie_path(field(body, "basePath", str, required=False) or "")
+    claims, cookies = new_session(request, user, path)
     return json_response(session_view(claims), headers=cookies)
 
 
-def new_session(request, user) -> tuple[dict, list[tuple[str, str]]]:
+def new_session(request, user, path: str) -> tuple[dict, list[tuple[str, str]]]:
     """Claims and Set-Cookie headers for a fresh 24-hour session of `user`."""
     now, csrf = int(time.time()), secrets.token_urlsafe(32)
     claims = {"sub": user["username"], "iat": now, "exp": now + SESSION_SECONDS,
-              "csrf": csrf, "ver": password_version(user["password_hash"])}
+              "csrf": csrf, "ver": password_version(user["password_hash"]), "path": path}
     token = jwt_encode(claims, request.app.jwt_secret)
-    return claims, session_cookies(request, token, csrf, SESSION_SECONDS)
+    return claims, session_cookies(request, token, csrf, SESSION_SECONDS, path)
 
 
 def session_view(claims: dict) -> dict:
@@ -2861,9 +2889,10 @@ def session_view(claims: dict) -> dict:
 
 @route("POST", "/admin/api/logout")
 def admin_logout(request):
-    admin_session(request)
+    claims = admin_session(request)
     audit(request, "logout")
-    return json_response({"ok": True}, headers=session_cookies(request, "", "", 0))
+    return json_response({"ok": True}, headers=session_cookies(
+        request, "", "", 0, claims.get("path", "/admin")))
 
 
 @route("GET", "/admin/api/me")
@@ -2886,7 +2915,7 @@ def admin_change_own_password(request):
         user = existing_user(db, claims["sub"])
     audit(request, "change-own-password")
     # The new password ends every other session of this user; this one continues.
-    claims, cookies = new_session(request, user)
+    claims, cookies = new_session(request, user, claims.get("path", "/admin"))
     return json_response({"ok": True, **session_view(claims)}, headers=cookies)
 
 
@@ -2999,6 +3028,7 @@ def expiry_field(body: dict) -> float | None:
 @route("GET", "/admin/api/tokens")
 def admin_tokens(request):
     admin_session(request)
+    request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read() as db:
         rows = db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
     return json_response({"tokens": [token_view(row) for row in rows]})
@@ -3402,13 +3432,23 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", style: str = "text") -> None:
+def configure_logging(level: str = "INFO", style: str = "text",
+                      background: bool = False) -> logging.handlers.QueueListener | None:
+    """Log lines to stderr. With `background`, request threads only put records on a
+    queue and one thread writes them, so a busy server never queues on the stderr lock."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if style == "json" else logging.Formatter(
         "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root_logger = logging.getLogger()
-    root_logger.handlers[:] = [handler]
     root_logger.setLevel(level)
+    if not background:
+        root_logger.handlers[:] = [handler]
+        return None
+    records = queue.SimpleQueue()
+    root_logger.handlers[:] = [logging.handlers.QueueHandler(records)]
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    return listener
 
 
 GC_INTERVAL = 3600
@@ -3581,8 +3621,11 @@ def load_certificate(config: Config) -> Certificate | None:
 
 def cmd_serve(args) -> int:
     config = Config(**resolve_options(args, SERVER_OPTIONS))
-    configure_logging(config.log_level, config.log_format)
-    return run_server(config)
+    listener = configure_logging(config.log_level, config.log_format, background=True)
+    try:
+        return run_server(config)
+    finally:
+        listener.stop()  # writes what is still queued
 
 
 def cmd_token_create(args) -> int:
