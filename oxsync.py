@@ -1826,7 +1826,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 handler = cors_preflight
             if handler is None:
                 allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods
-                                                       else set()))
+                                                       else set())
+                                 | ({"OPTIONS"} if route.cors else set()))
                 raise HTTPError(405, f"{self.command} is not allowed here; use "
                                      f"{', '.join(allowed)}",
                                 headers=[("Allow", ", ".join(allowed))])
@@ -1913,14 +1914,15 @@ class Certificate:
         context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
         context.set_alpn_protocols(["http/1.1"])
-        try:  # an empty pass phrase: a protected key fails instead of prompting on a terminal
-            context.load_cert_chain(self.cert_path, self.key_path, password=lambda: b"")
+        asked = []  # OpenSSL asks for a pass phrase only for a protected key
+        try:  # an empty answer: such a key fails instead of prompting on a terminal
+            context.load_cert_chain(self.cert_path, self.key_path,
+                                    password=lambda: asked.append(True) or b"")
         except (ssl.SSLError, OSError) as error:
             text = str(error)
             reason = "the key does not match the certificate" if "MISMATCH" in text else \
                 "the key is protected by a pass phrase; give oxsync an unencrypted key " \
-                "(readable only by its user)" if "DECRYPT" in text.upper() or \
-                "BAD_PASSWORD" in text.upper() else \
+                "(readable only by its user)" if asked else \
                 f"not a PEM certificate and key ({getattr(error, 'reason', None) or text})"
             raise ConfigError(f"TLS pair {self.cert_path} / {self.key_path}: {reason}") from None
         expires = certificate_expiry(self.cert_path)
@@ -3797,7 +3799,8 @@ def cmd_namespace_rollback(args) -> int:
         return 1
     target = f"version {args.to}" if args.to is not None else f"snapshot version {args.to_blob}"
     if dry_run:
-        warning = " (that version was flagged SUSPICIOUS)" if result.get("suspicious") else ""
+        warning = " (WARNING: this drops records compared with now)" \
+            if result.get("suspicious") else ""
         print(f"dry run: rolling '{args.namespace}' back to {target} would change: "
               f"{result['summary']}{warning}\nnothing was changed; add --yes to do it")
     else:

@@ -1,0 +1,198 @@
+"""Payloads sealed at rest with ENCRYPTION_KEY (PROTOCOL.md 7, 9)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+import uuid
+
+import pytest
+from conftest import OXSYNC, TEST_KEY, free_port, ns_path, object_path
+
+OTHER_KEY = "22" * 32
+NS = "team/default"
+OTHER_NS = "team/other"
+NONCE_AND_TAG = 12 + 16
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def raw_files(server) -> dict[str, bytes]:
+    """The database file and its -wal and -shm companions, byte for byte."""
+    return {path.name: path.read_bytes() for path in server.workdir.glob("sync.db*")}
+
+
+def upload(server, token, marker: str) -> dict[str, bytes]:
+    """A blob and objects that contain the marker -> {what: plaintext}."""
+    payloads = {
+        "blob": f"legacy snapshot {marker} ".encode() * 50,
+        "structured/connections/fnv1a-9f86d0a1.json":
+            json.dumps({"records": [{"host": "db.internal", "secret": marker}]}).encode(),
+        "structured/settings/app/general/" + "ab" * 32 + ".oxide":
+            b"\x00\x01" + marker.encode() + b"\xff" * 100,
+    }
+    for what, data in payloads.items():
+        if what == "blob":
+            # written twice: the old version must not linger in plaintext either
+            for revision in ("r1", "r2"):
+                answer = server.request("PUT", ns_path(NS, "blob"), data,
+                                        {"X-OxideTerm-Revision": revision}, token=token)
+                assert answer.status == 200, answer
+        else:
+            for _ in range(2):
+                answer = server.request("PUT", object_path(NS, what), data, token=token)
+                assert answer.status in (200, 201), answer
+    manifest = {"format": "structured-v2", "revision": "m1", "sections": {}}
+    assert server.request("PUT", ns_path(NS, "metadata"), manifest, token=token).status == 200
+    return payloads
+
+
+def read_back(server, token, payloads: dict[str, bytes]) -> None:
+    for what, data in payloads.items():
+        path = ns_path(NS, "blob") if what == "blob" else object_path(NS, what)
+        answer = server.request("GET", path, token=token)
+        assert answer.status == 200, (what, answer)
+        assert answer.body == data, what
+
+
+def run_serve(server, env_changes: dict, args=(), timeout: float = 15):
+    """`oxsync serve` on the server's database, expected to refuse to start."""
+    env = {k: v for k, v in server.env.items() if k != "ENCRYPTION_KEY"}
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    started = time.monotonic()
+    result = subprocess.run(OXSYNC + ["serve", "--listen", f"127.0.0.1:{free_port()}",
+                                      "--db-path", str(server.db_path), *args],
+                            capture_output=True, text=True, env=env, cwd=server.workdir,
+                            timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def assert_one_line_refusal(result, seconds, *fragments, code=None):
+    assert result.returncode != 0, result
+    if code is not None:
+        assert result.returncode == code, result
+    assert seconds < 8  # refused at once, not after serving
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def sealed(make_server):
+    server = make_server(env={"ENCRYPTION_KEY": TEST_KEY})
+    return server, server.create_token()
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+def test_payloads_never_reach_the_disk_in_plaintext(sealed):
+    server, token = sealed
+    marker = "MARKER-" + uuid.uuid4().hex
+    payloads = upload(server, token, marker)
+    read_back(server, token, payloads)
+    assert server.request("GET", "/ready").json["encryptionEnabled"] is True
+    for name, data in raw_files(server).items():   # while running: db, -wal, -shm
+        assert marker.encode() not in data, name
+    server.stop()
+    files = raw_files(server)
+    assert "sync.db" in files
+    for name, data in files.items():
+        assert marker.encode() not in data, name
+    with sqlite3.connect(server.db_path) as db:
+        rows = db.execute("SELECT key_id, size, length(data) FROM objects UNION ALL "
+                          "SELECT key_id, size, length(data) FROM blobs").fetchall()
+        assert len(rows) == 3
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "blob_versions" in tables:  # kept snapshot history is sealed too
+            rows += db.execute("SELECT key_id, size, length(data) FROM blob_versions").fetchall()
+    for key_id, size, stored in rows:
+        assert key_id
+        assert stored == size + NONCE_AND_TAG
+
+    server.start()  # same key: everything reads back
+    read_back(server, token, payloads)
+    assert server.request("GET", ns_path(NS, "metadata"), token=token).json["revision"] == "m1"
+
+
+def test_plaintext_mode_control(make_server):
+    """Without a key the marker IS on disk (so the check above can see it) and a warning says so."""
+    server = make_server()
+    token = server.create_token()
+    marker = "MARKER-" + uuid.uuid4().hex
+    upload(server, token, marker)
+    server.stop()
+    assert any(marker.encode() in data for data in raw_files(server).values())
+    warnings = [line for line in server.log().splitlines()
+                if "WARN" in line.upper() and "plaintext" in line.lower()]
+    assert warnings, server.log()
+
+
+def test_wrong_or_missing_key_refuses_to_start(sealed):
+    server, token = sealed
+    payloads = upload(server, token, "x")
+    server.stop()
+
+    result, seconds = run_serve(server, {"ENCRYPTION_KEY": OTHER_KEY})
+    assert_one_line_refusal(result, seconds, "key")
+    result, seconds = run_serve(server, {}, ["--encryption-key", OTHER_KEY])
+    assert_one_line_refusal(result, seconds, "key")
+    result, seconds = run_serve(server, {})
+    assert_one_line_refusal(result, seconds, "ENCRYPTION_KEY")
+
+    server.start()  # the refused starts changed nothing
+    read_back(server, token, payloads)
+
+
+def test_a_moved_ciphertext_does_not_open(sealed):
+    server, token = sealed
+    first, second = "structured/connections/fnv1a-1.json", "structured/forwards/fnv1a-2.json"
+    for namespace in (NS, OTHER_NS):
+        for path in (first, second):
+            data = f"{namespace} {path}".encode()
+            assert server.request("PUT", object_path(namespace, path), data,
+                                  token=token).status == 201
+        assert server.request("PUT", ns_path(namespace, "blob"), namespace.encode(),
+                              {"X-OxideTerm-Revision": "r"}, token=token).status == 200
+    server.stop()
+    with sqlite3.connect(server.db_path) as db:
+        # object `first` copied onto object `second` (same namespace)
+        db.execute("UPDATE objects SET data = (SELECT data FROM objects WHERE namespace = ? AND "
+                   "path = ?), key_id = (SELECT key_id FROM objects WHERE namespace = ? AND "
+                   "path = ?) WHERE namespace = ? AND path = ?", (NS, first, NS, first, NS, second))
+        # OTHER_NS's object `first` and its blob replaced by NS's
+        db.execute("UPDATE objects SET data = (SELECT data FROM objects WHERE namespace = ? AND "
+                   "path = ?) WHERE namespace = ? AND path = ?", (NS, first, OTHER_NS, first))
+        db.execute("UPDATE blobs SET data = (SELECT data FROM blobs WHERE namespace = ?) "
+                   "WHERE namespace = ?", (NS, OTHER_NS))
+    server.start()
+
+    assert server.request("GET", object_path(NS, first), token=token).body == \
+        f"{NS} {first}".encode()
+    assert server.request("GET", ns_path(NS, "blob"), token=token).body == NS.encode()
+    for namespace, path in ((NS, second), (OTHER_NS, first), (OTHER_NS, None)):
+        target = object_path(namespace, path) if path else ns_path(namespace, "blob")
+        answer = server.request("GET", target, token=token)
+        assert answer.status == 500, (namespace, path, answer)
+        assert answer.json["error"]["code"] == "internal_error"
+        assert "Traceback" not in answer.body.decode()
+        lines = [line for line in server.log().splitlines()
+                 if namespace in line and (path is None or path in line)
+                 and ("ERROR" in line or "error" in line)]
+        assert lines, (namespace, path, server.log())
+    # the server goes on serving
+    assert server.request("GET", object_path(OTHER_NS, second), token=token).status == 200
+
+
+@pytest.mark.parametrize("how, key", [("env", "abc"), ("env", "1" * 63), ("env", "1" * 65),
+                                      ("env", "g" * 64), ("env", "0x" + "11" * 31),
+                                      ("flag", "abc"), ("flag", "1" * 63)])
+def test_invalid_keys_exit_2(make_server, how, key):
+    server = make_server(start=False)
+    env, args = ({"ENCRYPTION_KEY": key}, ()) if how == "env" else ({}, ("--encryption-key", key))
+    result, seconds = run_serve(server, env, args)
+    assert_one_line_refusal(result, seconds, "encryption", code=2)
