@@ -111,6 +111,20 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def parse_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a file path, e.g. /data/sync.db")
+    return value.strip()
+
+
+def parse_username(value: str) -> str:
+    """Empty means the default, 'admin' (a blanked line in .env)."""
+    value = value.strip() or "admin"
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", value):
+        raise ValueError("expected 1-64 letters, digits or _ . @ -")
+    return value
+
+
 def parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -209,7 +223,7 @@ class Option:
 
 
 STORE_OPTIONS = [
-    Option("DB_PATH", "--db-path", str, "/data/sync.db", "SQLite database file"),
+    Option("DB_PATH", "--db-path", parse_path, "/data/sync.db", "SQLite database file"),
     Option("ENCRYPTION_KEY", "--encryption-key", parse_key, "",
            "64 hex characters; seals payloads at rest with ChaCha20-Poly1305"),
 ]
@@ -218,7 +232,8 @@ SERVER_OPTIONS = STORE_OPTIONS + [
     Option("LISTEN_ADDR", "--listen", parse_listen, "0.0.0.0:8730", "address to listen on"),
     Option("ADMIN_PASSWORD", "--admin-password", str, "",
            "creates or resets the admin user at startup (admin page is off without an admin user)"),
-    Option("ADMIN_USERNAME", "--admin-username", str, "admin", "name of that admin user"),
+    Option("ADMIN_USERNAME", "--admin-username", parse_username, "admin",
+           "name of that admin user"),
     Option("ADMIN_JWT_SECRET", "--admin-jwt-secret", parse_secret, "",
            "signs admin sessions; random per boot when unset (sessions end on restart)"),
     Option("ADMIN_COOKIE_SECURE", "--admin-cookie-secure", parse_bool, "true",
@@ -295,9 +310,11 @@ def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
 
 def resolve_options(args: argparse.Namespace, options: list[Option]) -> dict:
     """Flags win over the environment, the environment over .env, .env over defaults."""
-    environment = {**read_dotenv(), **os.environ}
-    if "LOG_LEVEL" not in environment and "RUST_LOG" in environment:
-        environment["LOG_LEVEL"] = environment["RUST_LOG"]
+    dotenv, real = read_dotenv(), dict(os.environ)
+    for source in (dotenv, real):  # RUST_LOG stands in for LOG_LEVEL within its own source
+        if "LOG_LEVEL" not in source and "RUST_LOG" in source:
+            source["LOG_LEVEL"] = source["RUST_LOG"]
+    environment = {**dotenv, **real}
     settings = {}
     for option in options:
         raw = getattr(args, option.dest, None)
