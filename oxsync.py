@@ -28,6 +28,7 @@ import base64
 import contextlib
 import dataclasses
 import email.utils
+import fcntl
 import getpass
 import hashlib
 import hmac
@@ -681,6 +682,16 @@ class Store:
         self._writer = self._connect()
         self._migrate()
 
+    def hold(self, exclusive: bool) -> None:
+        """An advisory lock on the file, held until exit: the server holds it shared, and
+        rotate-key and restore need it alone, so they refuse while a server runs."""
+        self._lock_file = open(self.path, "rb")
+        try:
+            fcntl.flock(self._lock_file, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                        | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(f"a server is running on {self.path}; stop it first") from None
+
     def connect_plain(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
@@ -693,6 +704,7 @@ class Store:
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
                 raise StoreError(f"{self.path}: SQLite could not switch to WAL mode")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA secure_delete = ON")  # no plaintext left in freed pages
             db.execute("PRAGMA journal_size_limit = 67108864")
             return db
         except sqlite3.DatabaseError as error:
@@ -797,6 +809,7 @@ def open_store(config: Config) -> tuple[Store, Sealer]:
     """Open the database and check that the configured key fits what it holds."""
     sealer = Sealer(config.encryption_key)
     store = Store(config.db_path)
+    store.hold(exclusive=False)
     check_key(store, sealer)
     return store, sealer
 
@@ -1226,6 +1239,9 @@ def file_sha256(path: str) -> str:
 
 def backup_database(store: Store, target: str) -> str:
     """An online copy (SQLite backup API; the server keeps serving) plus FILE.sha256."""
+    live = os.path.realpath(store.path)
+    if os.path.realpath(target) in (live, live + "-wal", live + "-shm", live + "-journal"):
+        raise StoreError(f"{target} is the live database itself; back up to another file")
     partial = target + ".partial"
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -1250,12 +1266,12 @@ def backup_database(store: Store, target: str) -> str:
 
 def verify_backup(path: str) -> str:
     """Check the sidecar digest and SQLite's integrity check -> a one-line summary."""
+    if not os.path.isfile(path):
+        raise StoreError(f"no backup file at {path}")
     try:
         expected = open(path + ".sha256").read().split()[0]
     except (OSError, IndexError):
         raise StoreError(f"{path}.sha256 is missing or empty; cannot verify {path}") from None
-    if not os.path.exists(path):
-        raise StoreError(f"no backup file at {path}")
     if file_sha256(path) != expected:
         raise StoreError(f"{path} does not match its .sha256 (damaged or changed)")
     try:
@@ -1283,6 +1299,8 @@ def restore_database(source: str, target: str, force: bool) -> None:
     if os.path.exists(target) and not force:
         raise StoreError(f"{target} exists (a server may be using it); stop the server and "
                          "pass --force to replace it with the backup")
+    if os.path.exists(target):
+        Store(target).hold(exclusive=True)
     backup = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=ro",
                              uri=True)
     live = sqlite3.connect(target, timeout=30)
@@ -1683,8 +1701,6 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.serve()
-        if self.server.draining:
-            self.close_connection = True
 
     def parse_request(self):
         """http.server's parser, watching the raw header lines it reads (HeaderLines)."""
@@ -1858,6 +1874,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         except Exception as error:  # noqa: BLE001 - every failure becomes a JSON answer
             response = error_response(self.app.explain_failure(error, self))
         self.discard_unread_body()
+        if self.server.draining:
+            self.close_connection = True  # say so in this answer: the server is stopping
         if self.path.startswith("/v1/"):
             response.headers.extend(self.app.cors_headers(self.headers.get("Origin")))
         self.write_response(response)
@@ -3643,6 +3661,11 @@ def cmd_serve(args) -> int:
     listener = configure_logging(config.log_level, config.log_format, background=True)
     try:
         return run_server(config)
+    except (ConfigError, StoreError) as error:
+        if config.log_format != "json":
+            raise  # main() prints the usual one line
+        log.critical("%s", error)  # a JSON line like every other
+        return 2
     finally:
         listener.stop()  # writes what is still queued
 
@@ -3862,7 +3885,9 @@ def cmd_rotate_key(args) -> int:
     settings = resolve_options(args, [KEY_OPTION, NEW_KEY_OPTION])
     old = required_key(settings, "encryption_key", "--encryption-key (env ENCRYPTION_KEY)")
     new = required_key(settings, "new_key", "--new-key (env NEW_ENCRYPTION_KEY)")
-    count = rotate_key(cli_store(args), old, new)
+    store = cli_store(args)
+    store.hold(exclusive=True)
+    count = rotate_key(store, old, new)
     print(f"{count} payloads re-sealed with key id {key_id_of(new)}; start the server with "
           "the new ENCRYPTION_KEY", file=sys.stderr)
     return 0
