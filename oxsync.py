@@ -483,7 +483,7 @@ def http_date(timestamp: float) -> str:
 # 3. Crypto: payloads sealed with ChaCha20-Poly1305
 # ---------------------------------------------------------------------------
 
-NONCE_SIZE = 12
+NONCE_SIZE, TAG_SIZE = 12, 16
 KEY_CHECK = b"oxsync key check v1"
 
 
@@ -524,7 +524,12 @@ class Sealer:
         if not self._aead:
             return data, None
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, data, context), self.key_id
+        if not hasattr(self._aead, "encrypt_into"):  # cryptography < 45
+            return nonce + self._aead.encrypt(nonce, data, context), self.key_id
+        sealed = bytearray(NONCE_SIZE + len(data) + TAG_SIZE)  # one buffer, no copies
+        sealed[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, data, context, memoryview(sealed)[NONCE_SIZE:])
+        return sealed, self.key_id
 
     def open(self, stored, key_id: str | None, context: bytes):
         if key_id is None:
@@ -555,10 +560,14 @@ MIGRATIONS = [
         updated_at REAL,
         deleted_at REAL
     );
+    CREATE TABLE payloads (         -- the stored bytes of snapshots and objects
+        id INTEGER PRIMARY KEY,
+        key_id TEXT,                -- the key that sealed it, NULL: plaintext
+        data BLOB NOT NULL          -- last, so SQLite can stream it (zeroblob, blob I/O)
+    );
     CREATE TABLE blobs (
         namespace TEXT PRIMARY KEY,
-        data BLOB NOT NULL,
-        key_id TEXT,                -- NULL: plaintext
+        payload_id INTEGER NOT NULL,
         size INTEGER NOT NULL,
         sha256 TEXT NOT NULL,
         updated_at REAL NOT NULL
@@ -566,8 +575,7 @@ MIGRATIONS = [
     CREATE TABLE objects (
         namespace TEXT NOT NULL,
         path TEXT NOT NULL,
-        data BLOB NOT NULL,
-        key_id TEXT,
+        payload_id INTEGER NOT NULL,
         size INTEGER NOT NULL,
         etag TEXT NOT NULL,
         content_type TEXT,
@@ -641,8 +649,7 @@ MIGRATIONS = [
         content_type TEXT,
         size INTEGER NOT NULL,
         sha256 TEXT NOT NULL,
-        key_id TEXT,
-        data BLOB NOT NULL,
+        payload_id INTEGER NOT NULL,
         PRIMARY KEY (namespace, seq)
     );
     CREATE INDEX objects_by_age ON objects (namespace, updated_at);
@@ -845,25 +852,42 @@ def check_key(store: Store, sealer: Sealer) -> None:
         log.warning("ENCRYPTION_KEY is not set: payloads are stored in plaintext")
 
 
-PAYLOAD_TABLES = ("blobs", "blob_versions", "objects")
+PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
 
 
 def count_plaintext_payloads(db) -> int:
-    return sum(db.execute(f"SELECT count(*) FROM {table} WHERE key_id IS NULL").fetchone()[0]
-               for table in PAYLOAD_TABLES)
+    return db.execute("SELECT count(*) FROM payloads WHERE key_id IS NULL").fetchone()[0]
 
 
-def write_payload(db, table: str, rowid: int, data) -> None:
-    """Stream a payload into a zeroblob row, so SQLite never copies it whole."""
-    view = memoryview(data)
-    with db.blobopen(table, "data", rowid) as blob:
-        for offset in range(0, len(view), MiB):
-            blob.write(view[offset:offset + MiB])
+def store_payload(db, stored, key_id: str | None, payload_id: int | None = None) -> int:
+    """Write a payload row (new, or replacing `payload_id`) -> its id.
+
+    A large payload goes in as a zeroblob filled through blob I/O, so SQLite never
+    builds the whole record in memory (that works because data is its last column).
+    """
+    small = len(stored) <= MiB
+    value, placeholder = (stored, "?") if small else (len(stored), "zeroblob(?)")
+    if payload_id is None:
+        payload_id = db.execute(f"INSERT INTO payloads (key_id, data) VALUES (?, {placeholder})",
+                                (key_id, value)).lastrowid
+    else:
+        db.execute(f"UPDATE payloads SET key_id = ?, data = {placeholder} WHERE id = ?",
+                   (key_id, value, payload_id))
+    if not small:
+        view = memoryview(stored)
+        with db.blobopen("payloads", "data", payload_id) as blob:
+            for offset in range(0, len(view), MiB):
+                blob.write(view[offset:offset + MiB])
+    return payload_id
 
 
-def read_payload(db, table: str, rowid: int) -> bytes:
-    with db.blobopen(table, "data", rowid, readonly=True) as blob:
+def read_payload(db, payload_id: int) -> bytes:
+    with db.blobopen("payloads", "data", payload_id, readonly=True) as blob:
         return blob.read()
+
+
+def drop_payloads(db, payload_ids) -> None:
+    db.executemany("DELETE FROM payloads WHERE id = ?", [(i,) for i in payload_ids])
 
 
 def ensure_namespace(db, namespace: str, now: float):
@@ -909,6 +933,9 @@ def purge_namespace(db, name: str) -> int:
                        " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)"
                        " + (SELECT coalesce(sum(size), 0) FROM blob_versions "
                        "WHERE namespace = ?)", (name, name, name)).fetchone()[0]
+    drop_payloads(db, [row[0] for row in db.execute(
+        " UNION ALL ".join(f"SELECT payload_id FROM {t} WHERE namespace = ?"
+                           for t in PAYLOAD_OWNERS), (name,) * len(PAYLOAD_OWNERS))])
     for table, column in (("objects", "namespace"), ("blobs", "namespace"),
                           ("blob_versions", "namespace"),
                           ("manifests", "namespace"), ("conflicts", "namespace"),
@@ -1050,19 +1077,28 @@ def rollback_manifest(db, namespace: str, seq: int, now: float, token_id: str | 
 
 
 def keep_blob_version(db, namespace: str, keep: int) -> None:
-    """Copy the current snapshot into blob_versions (inside SQLite) before it is replaced."""
+    """Move the current snapshot into blob_versions (its payload stays where it is), or
+    drop it when no history is kept; versions beyond the newest `keep` are dropped."""
+    current = db.execute("SELECT payload_id FROM blobs WHERE namespace = ?",
+                         (namespace,)).fetchone()
+    if current is None:
+        return
     if keep <= 0:
+        drop_payloads(db, [current[0]])
         return
     seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM blob_versions WHERE namespace = ?",
                      (namespace,)).fetchone()[0]
     db.execute(f"INSERT INTO blob_versions (namespace, seq, created_at, {BLOB_COLUMNS}) "
                f"SELECT namespace, ?, updated_at, {BLOB_COLUMNS} FROM blobs WHERE namespace = ?",
                (seq, namespace))
+    old = db.execute("SELECT payload_id FROM blob_versions WHERE namespace = ? AND seq <= ? - ?",
+                     (namespace, seq, keep)).fetchall()
+    drop_payloads(db, [row[0] for row in old])
     db.execute("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? - ?",
                (namespace, seq, keep))
 
 
-BLOB_COLUMNS = "revision, device_id, section_revisions, content_type, size, sha256, key_id, data"
+BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
 
 
 def rollback_blob(db, namespace: str, seq: int, now: float, keep: int,
@@ -1125,11 +1161,13 @@ def prune_namespace(db, namespace: str, now: float, retention: int) -> dict:
     keep = manifest_paths(stored_metadata(row))
     for (text,) in db.execute("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
         keep |= manifest_paths(json.loads(text))
-    doomed = [(r["rowid"], r["size"]) for r in db.execute(
-        "SELECT rowid, path, size FROM objects WHERE namespace = ? AND updated_at < ?",
-        (namespace, cutoff)) if r["path"] not in keep]
-    db.executemany("DELETE FROM objects WHERE rowid = ?", [(rowid,) for rowid, _ in doomed])
-    return {"objectsRemoved": len(doomed), "bytesReclaimed": sum(size for _, size in doomed),
+    doomed = [row for row in db.execute(
+        "SELECT rowid, path, size, payload_id FROM objects WHERE namespace = ? AND "
+        "updated_at < ?", (namespace, cutoff)) if row["path"] not in keep]
+    db.executemany("DELETE FROM objects WHERE rowid = ?", [(row["rowid"],) for row in doomed])
+    drop_payloads(db, [row["payload_id"] for row in doomed])
+    return {"objectsRemoved": len(doomed),
+            "bytesReclaimed": sum(row["size"] for row in doomed),
             "manifestsRemoved": manifests_removed}
 
 
@@ -1153,9 +1191,11 @@ def collect_garbage(store: Store, retention: int, now: float | None = None) -> d
 # -- key management and backups (operator commands) ---------------------------
 
 def payload_rows(db, table: str, key_id: str | None, limit: int):
-    path = "path" if table == "objects" else "''"
-    return db.execute(f"SELECT rowid, namespace, {path} AS path, key_id FROM {table} "
-                      "WHERE key_id IS ? LIMIT ?", (key_id, limit)).fetchall()
+    """Payloads sealed with `key_id`, with where they belong (the associated data)."""
+    path = "o.path" if table == "objects" else "''"
+    return db.execute(f"SELECT p.id, o.namespace, {path} AS path, p.key_id FROM {table} o "
+                      "JOIN payloads p ON p.id = o.payload_id WHERE p.key_id IS ? LIMIT ?",
+                      (key_id, limit)).fetchall()
 
 
 def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
@@ -1166,18 +1206,15 @@ def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
     where it stopped, because finished rows no longer carry `key_id`.
     """
     done = 0
-    for table in PAYLOAD_TABLES:
+    for table in PAYLOAD_OWNERS:
         kind = "object" if table == "objects" else "blob"
         while True:
             with store.write() as db:
                 rows = payload_rows(db, table, key_id, batch)
                 for row in rows:
                     context = payload_context(row["namespace"], kind, row["path"])
-                    data = old.open(read_payload(db, table, row["rowid"]), row["key_id"], context)
-                    sealed, new_id = new.seal(data, context)
-                    db.execute(f"UPDATE {table} SET data = zeroblob(?), key_id = ? "
-                               "WHERE rowid = ?", (len(sealed), new_id, row["rowid"]))
-                    write_payload(db, table, row["rowid"], sealed)
+                    data = old.open(read_payload(db, row["id"]), row["key_id"], context)
+                    store_payload(db, *new.seal(data, context), payload_id=row["id"])
             done += len(rows)
             if not rows:
                 break
@@ -2476,14 +2513,14 @@ def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: st
 def get_blob(request, ns):
     with request.app.store.read(snapshot=True) as db:
         _, row = sync_access(request, db, ns, "read")
-        blob = db.execute("SELECT rowid, key_id FROM blobs WHERE namespace = ?",
-                          (ns,)).fetchone()
+        blob = db.execute("SELECT b.payload_id, p.key_id FROM blobs b JOIN payloads p "
+                          "ON p.id = b.payload_id WHERE b.namespace = ?", (ns,)).fetchone()
         if blob is None:
             raise HTTPError(404, f"namespace '{ns}' has no snapshot yet")
         cached = not_modified(request, row["etag"])
         if cached:
             return cached
-        stored = read_payload(db, "blobs", blob["rowid"])
+        stored = read_payload(db, blob["payload_id"])
     data = open_payload(request, stored, blob["key_id"], ns, "blob")
     return Response(200, data, [("ETag", quote_etag(row["etag"]))], SNAPSHOT_TYPE)
 
@@ -2519,17 +2556,14 @@ def put_blob(request, ns):
             set_blob_metadata(metadata, revision=revision, digest=digest, size=size,
                               uploaded=now, content_type=content_type, device_id=device_id,
                               section_revisions=section_revisions)
-            keep_blob_version(db, ns, app.config.blob_history)
             save_metadata(db, ns, metadata, now)
+            keep_blob_version(db, ns, app.config.blob_history)
             sections = metadata.get("sectionRevisions")
-            rowid = db.execute(
-                "INSERT OR REPLACE INTO blobs (namespace, data, key_id, size, sha256, updated_at, "
-                "revision, device_id, section_revisions, content_type) "
-                "VALUES (?, zeroblob(?), ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ns, len(stored), key_id, size, digest, now, revision, device_id,
-                 None if sections is None else json_body(sections).decode(),
-                 content_type)).lastrowid
-            write_payload(db, "blobs", rowid, stored)
+            db.execute(f"INSERT OR REPLACE INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (ns, now, store_payload(db, stored, key_id), revision, device_id,
+                        None if sections is None else json_body(sections).decode(),
+                        content_type, size, digest))
     if conflict:
         raise conflict
     return write_answer(metadata)
@@ -2539,14 +2573,15 @@ def put_blob(request, ns):
 def get_object(request, ns, path):
     with request.app.store.read(snapshot=True) as db:
         sync_access(request, db, ns, "read")
-        row = db.execute("SELECT rowid, key_id, etag, content_type, updated_at FROM objects "
-                         "WHERE namespace = ? AND path = ?", (ns, path)).fetchone()
+        row = db.execute("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
+                         "FROM objects o JOIN payloads p ON p.id = o.payload_id "
+                         "WHERE o.namespace = ? AND o.path = ?", (ns, path)).fetchone()
         if row is None:
             raise HTTPError(404, f"no object {path!r} in namespace '{ns}'")
         cached = not_modified(request, row["etag"])
         if cached:
             return cached
-        stored = read_payload(db, "objects", row["rowid"])
+        stored = read_payload(db, row["payload_id"])
     data = open_payload(request, stored, row["key_id"], ns, "object", path)
     content_type = row["content_type"] or TYPES_BY_EXTENSION.get(
         os.path.splitext(path)[1].lower(), "application/octet-stream")
@@ -2567,17 +2602,18 @@ def put_object(request, ns, path):
     now = time.time()
     with app.store.write() as db:
         writable_namespace(db, ns, now)
-        existing = db.execute("SELECT etag FROM objects WHERE namespace = ? AND path = ?",
-                              (ns, path)).fetchone()
+        existing = db.execute("SELECT etag, payload_id FROM objects WHERE namespace = ? AND "
+                              "path = ?", (ns, path)).fetchone()
         conflict = conflict_or_none(db, request, conditions, ns, "object", path=path,
                                     current_etag=existing["etag"] if existing else None)
         if conflict is None:
             etag = new_etag()
-            rowid = db.execute(
-                "INSERT OR REPLACE INTO objects (namespace, path, data, key_id, size, etag, "
-                "content_type, updated_at) VALUES (?, ?, zeroblob(?), ?, ?, ?, ?, ?)",
-                (ns, path, len(stored), key_id, size, etag, content_type, now)).lastrowid
-            write_payload(db, "objects", rowid, stored)
+            db.execute("INSERT OR REPLACE INTO objects (namespace, path, payload_id, size, etag, "
+                       "content_type, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (ns, path, store_payload(db, stored, key_id), size, etag, content_type,
+                        now))
+            if existing:
+                drop_payloads(db, [existing["payload_id"]])
             db.execute("UPDATE namespaces SET updated_at = ? WHERE name = ?", (now, ns))
     if conflict:
         raise conflict

@@ -104,12 +104,14 @@ def test_payloads_never_reach_the_disk_in_plaintext(sealed):
     for name, data in files.items():
         assert marker.encode() not in data, name
     with sqlite3.connect(server.db_path) as db:
-        rows = db.execute("SELECT key_id, size, length(data) FROM objects UNION ALL "
-                          "SELECT key_id, size, length(data) FROM blobs").fetchall()
+        rows = db.execute("SELECT p.key_id, o.size, length(p.data) FROM objects o JOIN payloads p ON p.id = o.payload_id "
+                          "UNION ALL SELECT p.key_id, o.size, length(p.data) FROM blobs o "
+                          "JOIN payloads p ON p.id = o.payload_id").fetchall()
         assert len(rows) == 3
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if "blob_versions" in tables:  # kept snapshot history is sealed too
-            rows += db.execute("SELECT key_id, size, length(data) FROM blob_versions").fetchall()
+            rows += db.execute("SELECT p.key_id, o.size, length(p.data) FROM blob_versions o "
+                               "JOIN payloads p ON p.id = o.payload_id").fetchall()
     for key_id, size, stored in rows:
         assert key_id
         assert stored == size + NONCE_AND_TAG
@@ -160,15 +162,19 @@ def test_a_moved_ciphertext_does_not_open(sealed):
                               {"X-OxideTerm-Revision": "r"}, token=token).status == 200
     server.stop()
     with sqlite3.connect(server.db_path) as db:
+        def payload_of(table, namespace, path=None):
+            where = "namespace = ?" + (" AND path = ?" if path else "")
+            return db.execute(f"SELECT payload_id FROM {table} WHERE {where}",
+                              (namespace, path) if path else (namespace,)).fetchone()[0]
+
+        def copy_payload(source, target):
+            db.execute("UPDATE payloads SET (key_id, data) = (SELECT key_id, data FROM payloads "
+                       "WHERE id = ?) WHERE id = ?", (source, target))
         # object `first` copied onto object `second` (same namespace)
-        db.execute("UPDATE objects SET data = (SELECT data FROM objects WHERE namespace = ? AND "
-                   "path = ?), key_id = (SELECT key_id FROM objects WHERE namespace = ? AND "
-                   "path = ?) WHERE namespace = ? AND path = ?", (NS, first, NS, first, NS, second))
+        copy_payload(payload_of("objects", NS, first), payload_of("objects", NS, second))
         # OTHER_NS's object `first` and its blob replaced by NS's
-        db.execute("UPDATE objects SET data = (SELECT data FROM objects WHERE namespace = ? AND "
-                   "path = ?) WHERE namespace = ? AND path = ?", (NS, first, OTHER_NS, first))
-        db.execute("UPDATE blobs SET data = (SELECT data FROM blobs WHERE namespace = ?) "
-                   "WHERE namespace = ?", (NS, OTHER_NS))
+        copy_payload(payload_of("objects", NS, first), payload_of("objects", OTHER_NS, first))
+        copy_payload(payload_of("blobs", NS), payload_of("blobs", OTHER_NS))
     server.start()
 
     assert server.request("GET", object_path(NS, first), token=token).body == \

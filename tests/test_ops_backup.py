@@ -213,7 +213,8 @@ def test_backup_while_writing_is_consistent_and_verified(make_server):
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         rows = {path: (size, length) for path, size, length in db.execute(
-            "SELECT path, size, length(data) FROM objects WHERE namespace = ?", (NS,))}
+            "SELECT o.path, o.size, length(p.data) FROM objects o JOIN payloads p "
+            "ON p.id = o.payload_id WHERE o.namespace = ?", (NS,))}
         tokens = db.execute("SELECT count(*) FROM tokens").fetchone()[0]
     for path, data in {**state["objects"], **bulk}.items():
         assert rows.get(path) == (len(data), len(data)), path

@@ -23,7 +23,7 @@ from conftest import OXSYNC, TEST_KEY, free_port, ns_path, object_path
 
 KEY_1, KEY_2, KEY_3 = TEST_KEY, "22" * 32, "33" * 32
 NS = "keys/team"
-PAYLOAD_TABLES = ("blobs", "blob_versions", "objects")
+PAYLOAD_TABLES = ("blobs", "blob_versions", "objects")  # the rows that own a payload
 KiB = 1024
 
 
@@ -41,20 +41,22 @@ def payload_snapshot(path) -> dict:
     """Every stored payload (key id and raw bytes) and the key settings."""
     with contextlib.closing(db_connect(path)) as db:
         rows = {(table, rowid): (kid, bytes(data)) for table in PAYLOAD_TABLES
-                for rowid, kid, data in db.execute(f"SELECT rowid, key_id, data FROM {table}")}
+                for rowid, kid, data in db.execute(
+                    f"SELECT o.rowid, p.key_id, p.data FROM {table} o JOIN payloads p ON p.id = o.payload_id")}
         settings = dict(db.execute("SELECT key, value FROM settings"))
     return {"rows": rows, "settings": settings}
 
 
 def key_ids(path) -> dict[str, set]:
     with contextlib.closing(db_connect(path)) as db:
-        return {table: {row[0] for row in db.execute(f"SELECT DISTINCT key_id FROM {table}")}
-                for table in PAYLOAD_TABLES}
+        return {table: {row[0] for row in db.execute(
+            f"SELECT DISTINCT p.key_id FROM {table} o JOIN payloads p ON p.id = o.payload_id")} for table in PAYLOAD_TABLES}
 
 
 def count_with_key(path, kid: str | None, table: str = "objects") -> int:
     with contextlib.closing(db_connect(path)) as db:
-        return db.execute(f"SELECT count(*) FROM {table} WHERE key_id IS ?", (kid,)).fetchone()[0]
+        return db.execute(f"SELECT count(*) FROM {table} o JOIN payloads p ON p.id = o.payload_id WHERE p.key_id IS ?",
+                          (kid,)).fetchone()[0]
 
 
 def assert_one_line_error(result, *fragments: str) -> str:
