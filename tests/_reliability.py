@@ -1,0 +1,237 @@
+"""Shared helpers for the reliability tests (not collected: the name does not start with test_).
+
+Raw-socket HTTP (to send what http.client refuses to send), response parsing for
+pipelined answers, /proc sampling of the server process, and SQLite checks made
+directly on the database file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+# -- raw HTTP -------------------------------------------------------------------
+
+@dataclass
+class RawAnswer:
+    status: int
+    reason: str
+    headers: dict            # lower-case name -> last value
+    header_list: list        # [(name, value)] in order
+    body: bytes
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<RawAnswer {self.status} {self.body[:200]!r}>"
+
+
+@dataclass
+class Exchange:
+    """Everything the server sent on one connection, and how the connection ended."""
+    answers: list = field(default_factory=list)
+    ending: str = ""          # "eof", "reset", "open" (still open at the end), "timeout"
+    leftover: bytes = b""     # bytes that did not parse as a whole answer
+    seconds: float = 0.0
+
+    def __repr__(self):
+        return (f"<Exchange {[a.status for a in self.answers]} ending={self.ending} "
+                f"leftover={self.leftover[:120]!r} {self.seconds:.2f}s>")
+
+
+def parse_answers(data: bytes, no_body: tuple = ()) -> tuple[list, bytes]:
+    """Split a byte stream into whole HTTP/1.1 answers (Content-Length framing only).
+    no_body: indexes of answers to HEAD requests (a Content-Length but no body)."""
+    answers = []
+    while data:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end < 0:
+            break
+        head = data[:head_end].decode("latin-1").split("\r\n")
+        parts = head[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            break
+        header_list = []
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            header_list.append((name.strip(), value.strip()))
+        headers = {name.lower(): value for name, value in header_list}
+        status = int(parts[1])
+        length = int(headers.get("content-length", "0"))
+        if status in (204, 304) or 100 <= status < 200 or len(answers) in no_body:
+            length = 0
+        end = head_end + 4 + length
+        if len(data) < end:
+            break
+        if status != 100:
+            answers.append(RawAnswer(status, parts[2] if len(parts) > 2 else "", headers,
+                                     header_list, data[head_end + 4:end]))
+        data = data[end:]
+    return answers, data
+
+
+def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_done(sock: socket.socket, expect: int | None = None, timeout: float = 5.0,
+                    started: float | None = None, no_body: tuple = ()) -> Exchange:
+    """Read until EOF/reset, or until `expect` whole answers arrived, or the timeout."""
+    started = started or time.monotonic()
+    deadline = time.monotonic() + timeout
+    data, ending = b"", "timeout"
+    while True:
+        if expect is not None and len(parse_answers(data, no_body)[0]) >= expect:
+            ending = "open"
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            ending = "reset"
+            break
+        if not chunk:
+            ending = "eof"
+            break
+        data += chunk
+    answers, leftover = parse_answers(data, no_body)
+    return Exchange(answers, ending, leftover, time.monotonic() - started)
+
+
+def raw_exchange(port: int, payload: bytes, expect: int | None = None,
+                 timeout: float = 5.0, shut_write: bool = False,
+                 no_body: tuple = ()) -> Exchange:
+    """Send raw bytes on a fresh connection and collect what comes back."""
+    started = time.monotonic()
+    with raw_connect(port, timeout) as sock:
+        try:
+            sock.sendall(payload)
+            if shut_write:
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading everything
+        return read_until_done(sock, expect, timeout, started, no_body)
+
+
+def is_json_error(answer: RawAnswer) -> bool:
+    """A clean error answer: JSON content type and {"error": {"code", "message"}}."""
+    if not answer.headers.get("content-type", "").startswith("application/json"):
+        return False
+    try:
+        error = answer.json["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error.get("code"), str) and isinstance(error.get("message"), str) \
+        and bool(error["message"])
+
+
+# -- the server process ---------------------------------------------------------
+
+def proc_status(pid: int) -> dict:
+    """Threads, resident memory (bytes) and open file descriptors of a process."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            values[key] = value.strip()
+    return {"threads": int(values["Threads"]),
+            "rss": int(values["VmRSS"].split()[0]) * 1024,
+            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    """Poll until predicate() is truthy -> its value, or the last value after the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def raise_nofile(wanted: int) -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+MiB = 1024 * 1024
+
+
+# -- the database file ----------------------------------------------------------
+
+def db_connect(path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30)
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
+
+
+@contextlib.contextmanager
+def db_open(path):
+    """A connection that is closed on leaving the block (sqlite3's own 'with' only commits):
+    no handle may outlive a test's kill, restore or unmount of the file."""
+    db = db_connect(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def integrity_check(path) -> str:
+    with db_open(path) as db:
+        return "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))
+
+
+def tables(db) -> set:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def payload_source(db, table: str) -> str:
+    """FROM clause giving `t` (the row) and `p` (its stored bytes: key_id, data), whether the
+    payload lives in the row itself or in a separate `payloads` table (payload_id)."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if "payload_id" in columns:
+        return f"FROM {table} t JOIN payloads p ON p.id = t.payload_id"
+    return f"FROM {table} t JOIN {table} p ON p.rowid = t.rowid"
+
+
+def orphan_payloads(db) -> int:
+    """Payload rows no blob, snapshot version or object points at (0 without that table)."""
+    present = tables(db)
+    if "payloads" not in present:
+        return 0
+    owners = [f"SELECT payload_id FROM {t}" for t in ("blobs", "blob_versions", "objects")
+              if t in present]
+    return db.execute("SELECT count(*) FROM payloads WHERE id NOT IN (" +
+                      " UNION ".join(owners) + ")").fetchone()[0]
+
+
+def data_fingerprint(path) -> dict:
+    """A digest of everything sync writes may change (not token usage, not login failures)."""
+    digests = {}
+    with db_open(path) as db:
+        stored = [("payloads", "id")] if "payloads" in tables(db) else []
+        for table, order in [("namespaces", "name"), ("blobs", "namespace"),
+                             ("objects", "namespace, path"), ("manifests", "namespace, seq"),
+                             ("conflicts", "id")] + stored:
+            digest = hashlib.sha256()
+            for row in db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+                digest.update(repr(tuple(row)).encode())
+            digests[table] = digest.hexdigest()
+    return digests

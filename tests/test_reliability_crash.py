@@ -1,0 +1,435 @@
+"""Crash safety: kill -9 the server at bad moments, restart on the same database.
+
+After every crash: `PRAGMA integrity_check` is ok, every write that was acknowledged
+(a 2xx reached the client) reads back with its exact bytes, and nothing half-written is
+stored or served (each stored payload has the size and hash its row claims).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from _reliability import (
+    MiB,
+    db_open,
+    integrity_check,
+    orphan_payloads,
+    payload_source,
+    raw_connect,
+    read_until_done,
+    tables,
+)
+from conftest import OXSYNC, TEST_KEY, ns_path, object_path
+
+NS = "crash/test"
+BIG = 32 * MiB
+SEAL_OVERHEAD = 12 + 16   # nonce + Poly1305 tag
+
+
+def assert_payload_rows_whole(db_path, sealed: bool = False, hashes: bool = True) -> None:
+    """Every stored payload is as long as its row says (and a plaintext blob hashes right),
+    and no payload is stored that nothing points at."""
+    overhead = SEAL_OVERHEAD if sealed else 0
+    with db_open(db_path) as db:
+        present = tables(db)
+        for table in ("blobs", "blob_versions"):   # blob_versions: snapshot history, if any
+            if table not in present:
+                continue
+            for namespace, size, stored, digest, data in db.execute(
+                    f"SELECT t.namespace, t.size, length(p.data), t.sha256, "
+                    f"CASE WHEN p.key_id IS NULL AND ? THEN p.data END "
+                    f"{payload_source(db, table)}", (hashes,)):
+                assert stored == size + overhead, (table, namespace, size, stored)
+                if data is not None:
+                    assert hashlib.sha256(data).hexdigest() == digest, (table, namespace)
+        for namespace, path, size, stored in db.execute(
+                "SELECT t.namespace, t.path, t.size, length(p.data) " +
+                payload_source(db, "objects")):
+            assert stored == size + overhead, (namespace, path, size, stored)
+        assert orphan_payloads(db) == 0, "payloads stored that no row points at"
+
+
+def start_raw_blob_upload(server, token, body_length, headers=()):
+    sock = raw_connect(server.port, timeout=30)
+    head = [f"PUT {ns_path(NS, 'blob')} HTTP/1.1", f"Host: 127.0.0.1:{server.port}",
+            f"Authorization: Bearer {token}", "X-OxideTerm-Revision: big-upload",
+            "Content-Type: application/vnd.oxideterm.oxide",
+            f"Content-Length: {body_length}", *headers]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    return sock
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["over-a-blob", "first-blob"])
+def test_kill_during_32mib_upload_leaves_nothing(make_server, previous):
+    server = make_server()
+    token = server.create_token()
+    old = os.urandom(MiB)
+    headers = ["If-None-Match: *"]
+    if previous:
+        answer = server.request("PUT", ns_path(NS, "blob"), body=old, token=token,
+                                headers={"If-None-Match": "*", "X-OxideTerm-Revision": "old"})
+        assert answer.status == 200
+        old_etag = answer.json["etag"]
+        headers = [f'If-Match: "{old_etag}"']
+    sock = start_raw_blob_upload(server, token, BIG, headers)
+    sock.sendall(os.urandom(BIG // 2))          # half the body, then the server dies
+    time.sleep(0.3)
+    server.kill()
+    sock.close()
+
+    assert integrity_check(server.db_path) == "ok"
+    server.start()
+    assert integrity_check(server.db_path) == "ok"
+    assert_payload_rows_whole(server.db_path)
+    blob = server.request("GET", ns_path(NS, "blob"), token=token)
+    metadata = server.request("GET", ns_path(NS, "metadata"), token=token).json
+    if previous:
+        assert blob.status == 200 and blob.body == old, "the previous blob is not intact"
+        assert blob.headers["ETag"] == f'"{old_etag}"'
+        assert metadata["revision"] == "old" and metadata["contentLength"] == len(old)
+    else:
+        assert blob.status == 404, blob
+        assert metadata.get("exists") is not True, metadata
+    # The server works on after the crash.
+    again = server.request("PUT", ns_path(NS, "blob"), body=b"after", token=token,
+                           headers={"X-OxideTerm-Revision": "after"})
+    assert again.status == 200, again
+
+
+def test_kill_around_the_commit_of_a_32mib_upload(make_server):
+    """The whole body is sent; the kill lands while the server hashes, commits or answers.
+
+    Whatever the timing, the stored blob is the old one or the new one, whole; if the
+    client got its 200 before the kill, it is the new one.
+    """
+    server = make_server()
+    token = server.create_token()
+    # How long one 32 MiB upload takes here, from its last byte to its answer.
+    current = os.urandom(BIG)
+    sock = start_raw_blob_upload(server, token, BIG)
+    sock.sendall(current)
+    sent_at = time.monotonic()
+    first = read_until_done(sock, expect=1, timeout=30)
+    took = time.monotonic() - sent_at
+    sock.close()
+    assert first.answers and first.answers[0].status == 200, first
+    etag = first.answers[0].json["etag"]
+    outcomes = []
+    for delay in (0.0, 0.5 * took, 0.95 * took, 30.0):
+        new = os.urandom(BIG)
+        sock = start_raw_blob_upload(server, token, BIG, [f'If-Match: "{etag}"'])
+        sock.sendall(new)
+        got = read_until_done(sock, expect=1, timeout=delay) if delay else None
+        server.kill()   # the last delay waits for the answer: a kill right after a 200
+        if got is None or not got.answers:
+            got = read_until_done(sock, expect=1, timeout=0.5)
+        sock.close()
+        acknowledged = bool(got.answers) and got.answers[0].status == 200
+        server.start()
+        assert integrity_check(server.db_path) == "ok"
+        assert_payload_rows_whole(server.db_path, hashes=False)  # the GET compares bytes
+        blob = server.request("GET", ns_path(NS, "blob"), token=token)
+        assert blob.status == 200
+        assert blob.body in (current, new), "a half-written blob is served"
+        if acknowledged:
+            assert blob.body == new, f"acknowledged upload lost (delay {delay})"
+        outcomes.append((round(delay, 3), acknowledged, blob.body == new))
+        current = blob.body
+        etag = blob.headers["ETag"].strip('"')
+        metadata = server.request("GET", ns_path(NS, "metadata"), token=token).json
+        assert metadata["contentHash"] == hashlib.sha256(current).hexdigest()
+        assert metadata["etag"] == etag
+    assert outcomes[-1][1], "the upload given 30 s to finish was never acknowledged"
+    print(f"\n[crash/commit] upload answered {took:.3f}s after its last byte; "
+          f"(kill delay s, 200 seen, new blob stored): {outcomes}")
+
+
+def test_kill_during_a_burst_of_small_writes(make_server):
+    """8 writer threads PUT objects (and one PUTs manifests) as fast as they can; kill -9."""
+    server = make_server(env={"ENCRYPTION_KEY": TEST_KEY})
+    token = server.create_token()
+    sent, acked, stop = {}, {}, threading.Event()
+    lock = threading.Lock()
+    manifests_acked = []
+
+    def object_writer(number):
+        rng = random.Random(number)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        version = 0
+        try:
+            while not stop.is_set():
+                version += 1
+                for path in (f"w{number}/v{version}.json", f"w{number}/latest.oxide"):
+                    body = f"{path}#{version}#".encode() + os.urandom(rng.randrange(10, 65536))
+                    with lock:
+                        sent.setdefault(path, []).append((version, body))
+                    conn.request("PUT", object_path(NS, path), body=body,
+                                 headers={"Authorization": f"Bearer {token}"})
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status in (200, 201):
+                        with lock:
+                            acked[path] = (version, body)
+                    else:
+                        raise AssertionError(f"PUT {path}: {response.status}")
+        except (OSError, http.client.HTTPException):
+            pass   # the server died under us
+
+    def manifest_writer():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        number = 0
+        try:
+            while not stop.is_set():
+                number += 1
+                body = f'{{"format": "structured-v2", "revision": "m{number}"}}'.encode()
+                conn.request("PUT", ns_path(NS, "metadata"), body=body,
+                             headers={"Authorization": f"Bearer {token}",
+                                      "Content-Type": "application/json"})
+                response = conn.getresponse()
+                answer = response.read()
+                if response.status == 200:
+                    manifests_acked.append((number, answer))
+        except (OSError, http.client.HTTPException):
+            pass
+
+    threads = [threading.Thread(target=object_writer, args=(n,)) for n in range(8)]
+    threads.append(threading.Thread(target=manifest_writer))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    server.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    assert len(acked) >= 16 and manifests_acked, "the burst did not get going"
+
+    assert integrity_check(server.db_path) == "ok"
+    server.start()
+    assert integrity_check(server.db_path) == "ok"
+    assert_payload_rows_whole(server.db_path, sealed=True)
+    conn = server.connect()
+    checked = 0
+    for path, versions in sent.items():
+        answer = server.request("GET", object_path(NS, path), token=token, connection=conn)
+        assert answer.status in (200, 404), (path, answer)
+        if path in acked:
+            assert answer.status == 200, f"acknowledged object {path} is gone"
+            version, _ = acked[path]
+            stored = dict(versions)
+            # The latest acknowledged version, or a newer one that was sent; never partial.
+            assert answer.body in [b for v, b in versions if v >= version], \
+                f"{path}: stored bytes are not an acknowledged (or later sent) version"
+            assert answer.body == stored[int(answer.body.split(b"#")[1])]
+            checked += 1
+        elif answer.status == 200:
+            assert answer.body in [b for _, b in versions], f"{path}: half-written payload"
+    # Manifests: the latest acknowledged one (or a later one) is current; all are in history.
+    last_number = manifests_acked[-1][0]
+    metadata = server.request("GET", ns_path(NS, "metadata"), token=token).json
+    assert int(metadata["revision"][1:]) >= last_number
+    with db_open(server.db_path) as db:
+        history = {row[0] for row in db.execute("SELECT etag FROM manifests WHERE namespace = ?",
+                                                (NS,))}
+    missing = [n for n, answer in manifests_acked if json.loads(answer)["etag"] not in history]
+    assert not missing, f"acknowledged manifests missing from history: {missing}"
+    print(f"\n[crash/burst] {sum(len(v) for v in sent.values())} object PUTs sent, "
+          f"{checked} acknowledged paths verified, {len(manifests_acked)} manifests acknowledged")
+
+
+def command_exists(name: str) -> bool:
+    """True when oxsync has the subcommand. Unknown words fall through to 'serve', so the
+    exit status of '<name> --help' alone proves nothing: look at the usage line."""
+    result = subprocess.run(OXSYNC + [name, "--help"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    lines = result.stdout.splitlines()
+    return result.returncode == 0 and bool(lines) and f"oxsync {name}" in lines[0]
+
+
+GC_NAMESPACES = 20
+KEY_1, KEY_2 = TEST_KEY, "22" * 32
+
+
+def key_id(key_hex: str) -> str:
+    return hashlib.sha256(b"oxsync key id\0" + bytes.fromhex(key_hex)).hexdigest()[:16]
+
+
+def run_cli_and_kill_halfway(server, args, progress, tries=6):
+    """Start an oxsync command, SIGKILL it once progress() says it is part-way through.
+
+    progress() -> None (not started), a fraction in (0, 1) while working, 1.0 when done.
+    The database is restored from a copy and the kill retried earlier if it came too late.
+    -> the fraction done when it was killed.
+    """
+    copy = server.workdir / "before-kill.db"
+    shutil.copyfile(server.db_path, copy)
+    wait = 0.15
+    for _ in range(tries):
+        process = subprocess.Popen(OXSYNC + args + ["--db-path", str(server.db_path)],
+                                   cwd=server.workdir, env=server.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started = None
+        while process.poll() is None:
+            done = progress()
+            if done is not None and started is None:
+                started = time.monotonic()
+            if started is not None and time.monotonic() - started >= wait:
+                break
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        done = progress()
+        if done is not None and 0 < done < 1:
+            return done
+        # Too late (finished) or too early (nothing done yet): start over from the copy.
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(str(server.db_path) + suffix)
+        shutil.copyfile(copy, server.db_path)
+        wait = wait / 2 if done == 1 else wait * 2
+    pytest.fail(f"could not kill {args[0]} part-way through in {tries} tries")
+
+
+def test_kill_during_rotate_key_then_rerun(make_server):
+    if not command_exists("rotate-key"):
+        pytest.skip("rotate-key/gc not implemented yet")
+    server = make_server(env={"ENCRYPTION_KEY": KEY_1})
+    token = server.create_token()
+    written = {}
+    conn = server.connect()
+    for number in range(240):
+        ns, path = f"rotate/n{number % 8}", f"structured/o{number}.oxide"
+        body = os.urandom(128 * 1024)
+        assert server.request("PUT", object_path(ns, path), body=body, token=token,
+                              connection=conn).status == 201
+        written[(ns, path)] = body
+    blobs = {}
+    for number in range(8):
+        ns = f"rotate/n{number}"
+        blobs[ns] = os.urandom(256 * 1024)
+        assert server.request("PUT", ns_path(ns, "blob"), body=blobs[ns], token=token,
+                              headers={"X-OxideTerm-Revision": "r"}).status == 200
+    conn.close()
+    server.stop()
+    total = len(written) + len(blobs)
+
+    def progress():
+        with db_open(server.db_path) as db:
+            target = db.execute("SELECT value FROM settings WHERE key = 'rotation_target'")\
+                .fetchone()
+            new = sum(db.execute(f"SELECT count(*) {payload_source(db, table)} "
+                                 "WHERE p.key_id = ?", (key_id(KEY_2),)).fetchone()[0]
+                      for table in ("objects", "blobs"))
+        if target is None:
+            return 1.0 if new == total else None
+        return new / total
+
+    done = run_cli_and_kill_halfway(server, ["rotate-key", "--encryption-key", KEY_1,
+                                             "--new-key", KEY_2], progress)
+    assert integrity_check(server.db_path) == "ok"
+    # A half-rotated database is refused with either key, instead of serving 500s.
+    for key in (KEY_1, KEY_2):
+        server.env["ENCRYPTION_KEY"] = key
+        with pytest.raises(RuntimeError, match="rotate-key again"):
+            server.start()
+        server.stop()
+    # Rerun with the same keys: it finishes.
+    result = server.cli("rotate-key", "--encryption-key", KEY_1, "--new-key", KEY_2)
+    assert integrity_check(server.db_path) == "ok"
+    assert progress() == 1.0
+    server.env["ENCRYPTION_KEY"] = KEY_2
+    server.start()
+    assert_payload_rows_whole(server.db_path, sealed=True)
+    conn = server.connect()
+    for (ns, path), body in written.items():
+        answer = server.request("GET", object_path(ns, path), token=token, connection=conn)
+        assert answer.status == 200 and answer.body == body, (ns, path, answer.status)
+    for ns, body in blobs.items():
+        answer = server.request("GET", ns_path(ns, "blob"), token=token, connection=conn)
+        assert answer.status == 200 and answer.body == body, ns
+    print(f"\n[crash/rotate-key] killed at {done:.0%} of {total} payloads; rerun said: "
+          f"{result.stderr.strip()}")
+
+
+def test_kill_during_gc_then_rerun(make_server):
+    if not command_exists("gc"):
+        pytest.skip("rotate-key/gc not implemented yet")
+    server = make_server()
+    token = server.create_token()
+    kept, doomed = {}, {}
+    conn = server.connect()
+    for number in range(GC_NAMESPACES):
+        ns = f"gc/n{number}"
+        sections = {}
+        for index in range(8):
+            path = f"structured/kept{index}/rev{number}.json"
+            kept[(ns, path)] = os.urandom(16 * 1024)
+            sections[f"s{index}"] = {"revision": f"rev{number}", "path": path,
+                                     "contentType": "application/json"}
+            assert server.request("PUT", object_path(ns, path), body=kept[(ns, path)],
+                                  token=token, connection=conn).status == 201
+        for index in range(10):
+            path = f"structured/old{index}/rev{number}.json"
+            doomed[(ns, path)] = os.urandom(128 * 1024)
+            assert server.request("PUT", object_path(ns, path), body=doomed[(ns, path)],
+                                  token=token, connection=conn).status == 201
+        manifest = {"format": "structured-v2", "revision": f"m{number}", "sections": sections}
+        assert server.request("PUT", ns_path(ns, "metadata"), body=manifest, token=token,
+                              connection=conn).status == 200
+    conn.close()
+    server.stop()
+    time.sleep(1.1)   # every object is now older than a 1 s retention window
+    total = len(kept) + len(doomed)
+
+    def progress():
+        with db_open(server.db_path) as db:
+            left = db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        if left == total:
+            return None
+        return 1.0 if left == len(kept) else (total - left) / len(doomed)
+
+    done = run_cli_and_kill_halfway(server, ["gc", "--object-retention-seconds", "1"],
+                                    progress)
+    assert integrity_check(server.db_path) == "ok"
+    server.start()
+    assert_payload_rows_whole(server.db_path)
+
+    def check(after_rerun: bool):
+        conn = server.connect()
+        for (ns, path), body in kept.items():
+            answer = server.request("GET", object_path(ns, path), token=token, connection=conn)
+            assert answer.status == 200 and answer.body == body, (ns, path, answer.status)
+        gone = 0
+        for (ns, path), body in doomed.items():
+            answer = server.request("GET", object_path(ns, path), token=token, connection=conn)
+            assert answer.status in (200, 404), answer
+            if answer.status == 200:
+                assert answer.body == body and not after_rerun, (ns, path)
+            gone += answer.status == 404
+        for number in range(GC_NAMESPACES):
+            metadata = server.request("GET", ns_path(f"gc/n{number}", "metadata"),
+                                      token=token, connection=conn).json
+            assert metadata["revision"] == f"m{number}" and len(metadata["sections"]) == 8
+        conn.close()
+        return gone
+
+    gone_at_kill = check(after_rerun=False)
+    server.stop()
+    result = server.cli("gc", "--object-retention-seconds", "1")
+    removed = json.loads(result.stdout.strip().splitlines()[-1])["objectsRemoved"]
+    assert gone_at_kill + removed == len(doomed)
+    assert integrity_check(server.db_path) == "ok"
+    server.start()
+    assert check(after_rerun=True) == len(doomed)
+    print(f"\n[crash/gc] killed at {done:.0%}: {gone_at_kill} of {len(doomed)} unreferenced "
+          f"objects removed; rerun removed {removed}; {len(kept)} referenced objects intact")
