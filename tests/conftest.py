@@ -109,7 +109,20 @@ class OxsyncServer:
         return self.start()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The server's log so far. The server writes log lines on a background thread, so
+        while it runs, wait until the file stops growing for 0.1 s (at most 2 s)."""
+        if not self.log_path.exists():
+            return ""
+        if self.process is not None and self.process.poll() is None:
+            deadline, size, stable_since = time.monotonic() + 2, -1, time.monotonic()
+            while time.monotonic() < deadline:
+                current = self.log_path.stat().st_size
+                if current != size:
+                    size, stable_since = current, time.monotonic()
+                elif time.monotonic() - stable_since >= 0.1:
+                    break
+                time.sleep(0.02)
+        return self.log_path.read_text(errors="replace")
 
     # -- CLI ----------------------------------------------------------------
 
