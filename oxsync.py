@@ -660,6 +660,11 @@ MIGRATIONS = [
     ALTER TABLE blobs ADD COLUMN device_id TEXT;
     ALTER TABLE blobs ADD COLUMN section_revisions TEXT;
     ALTER TABLE blobs ADD COLUMN content_type TEXT;
+    UPDATE blobs SET (revision, device_id, section_revisions, content_type) = (
+        SELECT json_extract(metadata, '$.revision'), json_extract(metadata, '$.deviceId'),
+               json_extract(metadata, '$.sectionRevisions'),
+               json_extract(metadata, '$.contentType')
+        FROM namespaces WHERE name = blobs.namespace);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -675,11 +680,14 @@ class Store:
     WAL mode lets readers run while one transaction writes. Writers queue on a
     Python lock instead of SQLite's sleeping busy handler, so concurrent
     uploads are served in arrival order without latency spikes; other
-    processes (the CLI) still wait on SQLite's busy timeout.
+    processes (the CLI) still wait on SQLite's busy timeout. The server moves WAL
+    checkpoints off the request path (`background_checkpoints`): it calls
+    checkpoint() from its housekeeping thread instead.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, background_checkpoints: bool = False):
         self.path = path
+        self._autocheckpoint = 0 if background_checkpoints else 1000
         directory = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -711,10 +719,15 @@ class Store:
                                  check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout = 30000")
+            # Takes effect only on a new, empty file, and only before it switches to WAL.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
                 raise StoreError(f"{self.path}: SQLite could not switch to WAL mode")
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA secure_delete = ON")  # no plaintext left in freed pages
+            db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+            # FAST zeroes deleted rows inside pages at no extra I/O; purge, encrypt-existing
+            # and rotate-key switch to ON (see erasing()), which also zeroes freed pages.
+            db.execute("PRAGMA secure_delete = FAST")
             db.execute("PRAGMA journal_size_limit = 67108864")
             return db
         except sqlite3.DatabaseError as error:
@@ -722,8 +735,6 @@ class Store:
 
     def _migrate(self) -> None:
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:  # only a new, empty file can still choose its vacuum mode
-            self._writer.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer oxsync (schema {version}, "
                              f"this version knows {SCHEMA_VERSION}); upgrade oxsync")
@@ -797,14 +808,27 @@ class Store:
         return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
                    if os.path.exists(self.path + suffix))
 
+    def rewrite(self) -> None:
+        """VACUUM: rebuild the file, so no freed bytes of old payloads remain anywhere in it.
+        Writers wait meanwhile (seconds for a large database)."""
+        with self._write_lock:
+            self._writer.execute("VACUUM")
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def release_free_pages(self) -> None:
         """Give pages freed by deletions back to the file system (auto_vacuum=INCREMENTAL)."""
         with self._write_lock:
             self._writer.execute("PRAGMA incremental_vacuum")
 
-    def checkpoint(self) -> None:
-        with self._write_lock:
-            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self, final: bool = False) -> None:
+        """Copy the WAL into the database: PASSIVE (never waits for readers or the writer)
+        while serving, TRUNCATE at shutdown."""
+        if final:
+            with self._write_lock:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            with self.read() as db:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
         with self._readers_lock:
@@ -818,7 +842,7 @@ class Store:
 def open_store(config: Config) -> tuple[Store, Sealer]:
     """Open the database and check that the configured key fits what it holds."""
     sealer = Sealer(config.encryption_key)
-    store = Store(config.db_path)
+    store = Store(config.db_path, background_checkpoints=True)
     store.hold(exclusive=False)
     check_key(store, sealer)
     return store, sealer
@@ -930,15 +954,26 @@ def set_namespace_deleted(db, name: str, deleted: bool) -> bool:
                       (time.time() if deleted else None, name)).rowcount > 0
 
 
+@contextlib.contextmanager
+def erasing(db):
+    """Deletions inside overwrite the freed bytes (SQLite's secure_delete)."""
+    db.execute("PRAGMA secure_delete = ON")
+    try:
+        yield db
+    finally:
+        db.execute("PRAGMA secure_delete = FAST")
+
+
 def purge_namespace(db, name: str) -> int:
     """Remove a soft-deleted namespace and everything in it -> bytes freed."""
     freed = db.execute("SELECT (SELECT coalesce(sum(size), 0) FROM objects WHERE namespace = ?)"
                        " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)"
                        " + (SELECT coalesce(sum(size), 0) FROM blob_versions "
                        "WHERE namespace = ?)", (name, name, name)).fetchone()[0]
-    drop_payloads(db, [row[0] for row in db.execute(
-        " UNION ALL ".join(f"SELECT payload_id FROM {t} WHERE namespace = ?"
-                           for t in PAYLOAD_OWNERS), (name,) * len(PAYLOAD_OWNERS))])
+    with erasing(db):
+        drop_payloads(db, [row[0] for row in db.execute(
+            " UNION ALL ".join(f"SELECT payload_id FROM {t} WHERE namespace = ?"
+                               for t in PAYLOAD_OWNERS), (name,) * len(PAYLOAD_OWNERS))])
     for table, column in (("objects", "namespace"), ("blobs", "namespace"),
                           ("blob_versions", "namespace"),
                           ("manifests", "namespace"), ("conflicts", "namespace"),
@@ -1207,7 +1242,7 @@ def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
     for table in PAYLOAD_OWNERS:
         kind = "object" if table == "objects" else "blob"
         while True:
-            with store.write() as db:
+            with store.write() as db, erasing(db):
                 rows = payload_rows(db, table, key_id, batch)
                 for row in rows:
                     context = payload_context(row["namespace"], kind, row["path"])
@@ -1240,6 +1275,7 @@ def rotate_key(store: Store, old_key: bytes, new_key: bytes) -> int:
             db.execute("INSERT OR REPLACE INTO settings VALUES ('rotation_target', ?)",
                        (new.key_id,))
     count = reseal_payloads(store, old, new, old.key_id)
+    store.rewrite()
     with store.write() as db:
         store_key_check(db, new)
         db.execute("DELETE FROM settings WHERE key = 'rotation_target'")
@@ -1261,7 +1297,9 @@ def encrypt_existing(store: Store, key: bytes) -> int:
     """Seal every plaintext payload with `key`; resumable, safe while the server runs."""
     sealer = Sealer(key)
     check_key(store, sealer)
-    return reseal_payloads(store, Sealer(None), sealer, None)
+    count = reseal_payloads(store, Sealer(None), sealer, None)
+    store.rewrite()  # old plaintext may linger in free space the server left earlier
+    return count
 
 
 def file_sha256(path: str) -> str:
@@ -3572,9 +3610,9 @@ GC_INTERVAL = 3600
 
 
 def housekeeping(app: App, stop: threading.Event) -> None:
-    """Cuts overdue connections twice a second, writes token usage every 5 seconds,
-    applies object retention every hour (first a minute after startup) and picks up
-    a renewed TLS certificate within a minute."""
+    """Twice a second: cut overdue connections and checkpoint the WAL. Every 5 seconds:
+    write token usage. Every hour (first a minute after startup): apply object retention.
+    Within a minute: pick up a renewed TLS certificate."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
@@ -3584,6 +3622,7 @@ def housekeeping(app: App, stop: threading.Event) -> None:
             next_certificate_check = now + 60
             app.certificate.reload_if_changed()
         try:
+            app.store.checkpoint()
             if now - last_flush >= 5:
                 last_flush = now
                 app.usage.flush(app.store)
@@ -3655,7 +3694,7 @@ def run_server(config: Config) -> int:
     stop.set()
     try:
         app.usage.flush(store)
-        store.checkpoint()
+        store.checkpoint(final=True)
     except sqlite3.Error as error:
         log.error("could not write the last token usage or checkpoint the WAL: %s (the data "
                   "itself is safe; SQLite finishes the checkpoint on the next start)", error)

@@ -256,7 +256,7 @@ def command_exists(name: str) -> bool:
     return result.returncode == 0 and bool(lines) and f"oxsync {name}" in lines[0]
 
 
-GC_NAMESPACES = 20
+GC_NAMESPACES = 40
 KEY_1, KEY_2 = TEST_KEY, "22" * 32
 
 
@@ -264,7 +264,7 @@ def key_id(key_hex: str) -> str:
     return hashlib.sha256(b"oxsync key id\0" + bytes.fromhex(key_hex)).hexdigest()[:16]
 
 
-def run_cli_and_kill_halfway(server, args, progress, tries=6):
+def run_cli_and_kill_halfway(server, args, progress, tries=10):
     """Start an oxsync command, SIGKILL it once progress() says it is part-way through.
 
     progress() -> None (not started), a fraction in (0, 1) while working, 1.0 when done.
@@ -380,7 +380,7 @@ def test_kill_during_gc_then_rerun(make_server):
                                   token=token, connection=conn).status == 201
         for index in range(10):
             path = f"structured/old{index}/rev{number}.json"
-            doomed[(ns, path)] = os.urandom(128 * 1024)
+            doomed[(ns, path)] = os.urandom(32 * 1024)
             assert server.request("PUT", object_path(ns, path), body=doomed[(ns, path)],
                                   token=token, connection=conn).status == 201
         manifest = {"format": "structured-v2", "revision": f"m{number}", "sections": sections}
