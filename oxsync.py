@@ -3583,8 +3583,36 @@ class RecordQueue(logging.handlers.QueueHandler):
         return record
 
 
+class LogWriter(threading.Thread):
+    """Formats queued records and writes whatever arrived together in one write: one
+    system call for many access lines instead of one (plus a flush) each."""
+
+    def __init__(self, records: queue.SimpleQueue, handler: logging.StreamHandler):
+        super().__init__(daemon=True, name="log-writer")
+        self.records, self.handler = records, handler
+
+    def run(self):
+        while True:
+            batch = [self.records.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1000:
+                    batch.append(self.records.get_nowait())
+            lines = [self.handler.format(record) for record in batch if record is not None]
+            if lines:
+                with contextlib.suppress(OSError, ValueError):
+                    self.handler.stream.write("\n".join(lines) + "\n")
+                    self.handler.stream.flush()
+            if None in batch:
+                return
+
+    def stop(self):
+        """Write what is still queued, then end."""
+        self.records.put(None)
+        self.join(5)
+
+
 def configure_logging(level: str = "INFO", style: str = "text",
-                      background: bool = False) -> logging.handlers.QueueListener | None:
+                      background: bool = False) -> LogWriter | None:
     """Log lines to stderr. With `background`, request threads only put records on a
     queue and one thread writes them, so a busy server never queues on the stderr lock."""
     handler = logging.StreamHandler(sys.stderr)
@@ -3601,9 +3629,9 @@ def configure_logging(level: str = "INFO", style: str = "text",
         return None
     records = queue.SimpleQueue()
     root_logger.handlers[:] = [RecordQueue(records)]
-    listener = logging.handlers.QueueListener(records, handler)
-    listener.start()
-    return listener
+    writer = LogWriter(records, handler)
+    writer.start()
+    return writer
 
 
 GC_INTERVAL = 3600
@@ -3777,7 +3805,7 @@ def load_certificate(config: Config) -> Certificate | None:
 
 def cmd_serve(args) -> int:
     config = Config(**resolve_options(args, SERVER_OPTIONS))
-    listener = configure_logging(config.log_level, config.log_format, background=True)
+    writer = configure_logging(config.log_level, config.log_format, background=True)
     try:
         return run_server(config)
     except (ConfigError, StoreError) as error:
@@ -3786,7 +3814,7 @@ def cmd_serve(args) -> int:
         log.critical("%s", error)  # a JSON line like every other
         return 2
     finally:
-        listener.stop()  # writes what is still queued
+        writer.stop()
 
 
 def cmd_token_create(args) -> int:
