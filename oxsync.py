@@ -1727,9 +1727,6 @@ class Headers:
 class RequestHandler(http.server.BaseHTTPRequestHandler):
     """One connection: reads requests, frames bodies, writes answers in one send."""
 
-    protocol_version = "HTTP/1.1"
-    server_version = f"oxsync/{VERSION}"
-    sys_version = ""
     disable_nagle_algorithm = True   # TCP_NODELAY: no 40 ms stall per keep-alive request
     timeout = 600                    # last resort; ConnectionWatch enforces the real limits
 
@@ -1800,7 +1797,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise HTTPError(414, "request line is longer than 8 KiB")
         if not line.endswith(b"\n"):
             raise ClientGone()
-        self.raw_requestline, self.requestline = line, line.decode("latin-1").rstrip("\r\n")
+        self.requestline = line.decode("latin-1").rstrip("\r\n")
         words = self.requestline.split()
         if len(words) == 2 and words[0] == "GET":
             return False
