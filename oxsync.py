@@ -666,6 +666,12 @@ MIGRATIONS = [
                json_extract(metadata, '$.contentType')
         FROM namespaces WHERE name = blobs.namespace);
     """,
+    """
+    CREATE TABLE ended_sessions (   -- admin sessions logged out before their expiry
+        session_id TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -930,7 +936,9 @@ def namespace_views(db, name: str | None = None) -> list[dict]:
         "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
         "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
         "(SELECT coalesce(sum(size), 0) FROM objects o WHERE o.namespace = n.name) "
-        "AS object_bytes FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name "
+        "AS object_bytes, (SELECT coalesce(sum(size), 0) FROM blob_versions v "
+        "WHERE v.namespace = n.name) AS history_bytes "
+        "FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name "
         "WHERE ? IS NULL OR n.name = ? ORDER BY n.name", (name, name)).fetchall()
     views = []
     for row in rows:
@@ -943,8 +951,8 @@ def namespace_views(db, name: str | None = None) -> list[dict]:
             "format": metadata.get("format"), "revision": metadata.get("revision"),
             "deviceId": metadata.get("deviceId"), "etag": row["etag"],
             "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
-            "objectBytes": row["object_bytes"],
-            "totalBytes": row["blob_bytes"] + row["object_bytes"]})
+            "objectBytes": row["object_bytes"], "snapshotHistoryBytes": row["history_bytes"],
+            "totalBytes": row["blob_bytes"] + row["object_bytes"] + row["history_bytes"]})
     return views
 
 
@@ -1629,6 +1637,9 @@ class Router:
             params = route.params(raw_path)
             if params is not None:
                 return route, params
+        if raw_path.startswith("/admin"):
+            raise HTTPError(404, f"no such admin endpoint {raw_path[:200]!r}; the admin API "
+                                 "is listed in /openapi.json")
         hint = ""
         if raw_path.startswith("/v1/namespaces/") and raw_path.count("/") > 4:
             hint = (" (a namespace containing '/' must arrive as one segment, 'team%2Fdefault';"
@@ -1847,10 +1858,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise HTTPError(400, f"{name} header is not valid UTF-8") from None
 
     def client_ip(self) -> str:
+        """The peer, or behind a trusted proxy the address it saw: X-Real-IP, else the LAST
+        X-Forwarded-For entry (the one the proxy appended; earlier ones come from the client)."""
         if self.app.config.trust_proxy_headers:
-            forwarded = self.headers.get("X-Forwarded-For") or self.headers.get("X-Real-IP")
-            if forwarded and forwarded.split(",")[0].strip():
-                return forwarded.split(",")[0].strip()[:64]
+            real = (self.headers.get("X-Real-IP") or "").strip()
+            forwarded = (self.headers.get_all("X-Forwarded-For") or [""])[-1].split(",")[-1]
+            if real or forwarded.strip():
+                return (real or forwarded.strip())[:64]
         return self.client_address[0]
 
     def is_https(self) -> bool:
@@ -2770,24 +2784,25 @@ def check_password_strength(password: str) -> str:
     return password
 
 
-def set_admin_password(db, username: str, password: str) -> bool:
-    """Create or reset (and enable) an admin user -> True when the user is new.
+def set_admin_password(store: Store, username: str, password: str) -> str:
+    """Create, or reset and enable, an admin user -> 'created', 'reset' or 'unchanged'.
 
-    The same password again keeps the old hash, so a restart with ADMIN_PASSWORD set
-    does not end the user's sessions.
+    The same password again keeps the old hash, so a restart with ADMIN_PASSWORD set does
+    not end the user's sessions. scrypt runs before the write lock is taken: it takes a
+    tenth of a second, and sync uploads must not wait for it.
     """
-    now = time.time()
-    row = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
-                     (username,)).fetchone()
+    with store.read() as db:
+        row = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
+                         (username,)).fetchone()
     if row and row["enabled"] and verify_password(password, row["password_hash"]):
-        return False
-    new = row is None
-    db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
-               "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO UPDATE SET "
-               "password_hash = excluded.password_hash, enabled = 1, updated_at = excluded."
-               "updated_at", (username, hash_password(check_password_strength(password)),
-                              now, now))
-    return new
+        return "unchanged"
+    password_hash, now = hash_password(check_password_strength(password)), time.time()
+    with store.write() as db:
+        db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
+                   "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+                   "password_hash = excluded.password_hash, enabled = 1, "
+                   "updated_at = excluded.updated_at", (username, password_hash, now, now))
+    return "reset" if row else "created"
 
 
 def admin_exists(db) -> bool:
@@ -2921,7 +2936,9 @@ def admin_session(request) -> dict:
     with request.app.store.read() as db:
         user = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
                           (claims["sub"],)).fetchone()
-    if user is None or not user["enabled"] or \
+        ended = db.execute("SELECT 1 FROM ended_sessions WHERE session_id = ?",
+                           (str(claims.get("sid")),)).fetchone()
+    if user is None or not user["enabled"] or ended or \
             claims.get("ver") != password_version(user["password_hash"]):
         raise HTTPError(401, "your session ended; log in again")
     if request.command not in ("GET", "HEAD") and not hmac.compare_digest(
@@ -2970,6 +2987,8 @@ def login_lock_seconds(db, ip: str, now: float) -> int:
 def record_login_failure(db, config: Config, ip: str, now: float) -> bool:
     """Count a failed login -> True when it locks the address out."""
     row = db.execute("SELECT * FROM login_failures WHERE ip = ?", (ip,)).fetchone()
+    if row and row["locked_until"] and row["locked_until"] > now:
+        return True  # already locked by a failure that finished first
     fresh = row is None or now - row["window_start"] > config.login_window_seconds
     failures = 1 if fresh else row["failures"] + 1
     locked = failures >= config.max_login_failures
@@ -3001,7 +3020,9 @@ def admin_login(request):
     if not (valid and user and user["enabled"]):
         with app.store.write() as db:
             locked = record_login_failure(db, app.config, ip, now)
-        audit(request, "login-failed", f"username={username!r}")
+        # An unknown name may be a password typed into the wrong field: never log it.
+        audit(request, "login-failed", f"username={username!r}" if user else
+              f"unknown username ({len(username)} characters)")
         if locked:
             raise locked_out(app.config.login_lockout_seconds)
         raise HTTPError(401, "wrong username or password")
@@ -3018,7 +3039,8 @@ def new_session(request, user, path: str) -> tuple[dict, list[tuple[str, str]]]:
     """Claims and Set-Cookie headers for a fresh 24-hour session of `user`."""
     now, csrf = int(time.time()), secrets.token_urlsafe(32)
     claims = {"sub": user["username"], "iat": now, "exp": now + SESSION_SECONDS,
-              "csrf": csrf, "ver": password_version(user["password_hash"]), "path": path}
+              "sid": secrets.token_urlsafe(12), "csrf": csrf,
+              "ver": password_version(user["password_hash"]), "path": path}
     token = jwt_encode(claims, request.app.jwt_secret)
     return claims, session_cookies(request, token, csrf, SESSION_SECONDS, path)
 
@@ -3031,6 +3053,10 @@ def session_view(claims: dict) -> dict:
 @route("POST", "/admin/api/logout")
 def admin_logout(request):
     claims = admin_session(request)
+    with request.app.store.write() as db:  # a copied cookie must not outlive the logout
+        db.execute("DELETE FROM ended_sessions WHERE expires_at < ?", (time.time(),))
+        db.execute("INSERT OR IGNORE INTO ended_sessions VALUES (?, ?)",
+                   (str(claims.get("sid")), claims["exp"]))
     audit(request, "logout")
     return json_response({"ok": True}, headers=session_cookies(
         request, "", "", 0, claims.get("path", "/admin")))
@@ -3051,8 +3077,9 @@ def admin_change_own_password(request):
                           (claims["sub"],)).fetchone()
     if not verify_password(current, user["password_hash"]):
         raise HTTPError(403, "the current password is wrong")
+    password_hash = new_password_hash(new)
     with request.app.store.write() as db:
-        set_user_password(db, claims["sub"], new)
+        set_user_password(db, claims["sub"], password_hash)
         user = existing_user(db, claims["sub"])
     audit(request, "change-own-password")
     # The new password ends every other session of this user; this one continues.
@@ -3067,13 +3094,17 @@ def user_view(row) -> dict:
             "createdAt": rfc3339(row["created_at"]), "updatedAt": rfc3339(row["updated_at"])}
 
 
-def set_user_password(db, username: str, password: str) -> None:
+def new_password_hash(password: str) -> str:
+    """Hashed before any write transaction: scrypt must not hold up sync writes."""
     try:
-        check_password_strength(password)
+        return hash_password(check_password_strength(password))
     except ValueError as error:
         raise HTTPError(400, str(error)) from None
+
+
+def set_user_password(db, username: str, password_hash: str) -> None:
     db.execute("UPDATE admin_users SET password_hash = ?, updated_at = ? WHERE username = ?",
-               (hash_password(password), time.time(), username))
+               (password_hash, time.time(), username))
 
 
 def existing_user(db, username: str):
@@ -3106,13 +3137,12 @@ def admin_create_user(request):
     username, password = field(body, "username", str).strip(), field(body, "password", str)
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", username):
         raise HTTPError(400, "username must be 1-64 letters, digits or _ . @ -")
+    password_hash, now = new_password_hash(password), time.time()
     with request.app.store.write() as db:
         if db.execute("SELECT 1 FROM admin_users WHERE username = ?", (username,)).fetchone():
             raise HTTPError(409, f"an admin user named {username!r} already exists")
-        try:
-            set_admin_password(db, username, password)
-        except ValueError as error:
-            raise HTTPError(400, str(error)) from None
+        db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
+                   "updated_at) VALUES (?, ?, 1, ?, ?)", (username, password_hash, now, now))
         row = existing_user(db, username)
     audit(request, "create-user", f"username={username!r}")
     return json_response({"user": user_view(row)}, 201)
@@ -3123,6 +3153,7 @@ def admin_update_user(request, name):
     admin_session(request)
     body = admin_body(request)
     enabled, password = field(body, "enabled", bool, False), field(body, "password", str, False)
+    password_hash = new_password_hash(password) if password is not None else None
     with request.app.store.write() as db:
         existing_user(db, name)
         if enabled is False:
@@ -3130,8 +3161,8 @@ def admin_update_user(request, name):
         if enabled is not None:
             db.execute("UPDATE admin_users SET enabled = ?, updated_at = ? WHERE username = ?",
                        (enabled, time.time(), name))
-        if password is not None:
-            set_user_password(db, name, password)
+        if password_hash is not None:
+            set_user_password(db, name, password_hash)
         row = existing_user(db, name)
     audit(request, "update-user", f"username={name!r} enabled={enabled} "
                                   f"password={'reset' if password else 'unchanged'}")
@@ -3679,12 +3710,12 @@ def run_server(config: Config) -> int:
     store, sealer = open_store(config)
     if config.admin_password:
         try:
-            with store.write() as db:
-                created = set_admin_password(db, config.admin_username, config.admin_password)
+            outcome = set_admin_password(store, config.admin_username, config.admin_password)
         except ValueError as error:
             raise ConfigError(f"ADMIN_PASSWORD: {error}") from None
-        log.info("admin user %r %s from ADMIN_PASSWORD", config.admin_username,
-                 "created" if created else "enabled and its password reset")
+        log.info("admin user %r %s", config.admin_username, {
+            "created": "created from ADMIN_PASSWORD", "unchanged": "exists (ADMIN_PASSWORD "
+            "unchanged)", "reset": "enabled and its password reset from ADMIN_PASSWORD"}[outcome])
     if config.admin_jwt_secret is None:
         log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
                     "when the server restarts")
@@ -3929,12 +3960,10 @@ def cmd_admin_set_password(args) -> int:
     username = args.username or os.environ.get("ADMIN_USERNAME") or "admin"
     store = cli_store(args)
     try:
-        with store.write() as db:
-            created = set_admin_password(db, username, read_new_password())
+        outcome = set_admin_password(store, username, read_new_password())
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    print(f"admin user '{username}' {'created' if created else 'password reset'}",
-          file=sys.stderr)
+    print(f"admin user '{username}' {outcome}", file=sys.stderr)
     return 0
 
 
