@@ -676,6 +676,9 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+MAX_READERS = 256  # idle reader connections kept; one per concurrent request is needed
+
+
 class StoreError(Exception):
     """The database cannot be opened or used; the message says what to do."""
 
@@ -719,12 +722,16 @@ class Store:
     def connect_plain(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, reader: bool = False) -> sqlite3.Connection:
+        """A connection; the writer also sets the file's modes (readers inherit them)."""
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                  check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout = 30000")
+            if reader:
+                db.execute("PRAGMA cache_size = -1024")  # 1 MiB each; there may be many
+                return db
             # Takes effect only on a new, empty file, and only before it switches to WAL.
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
@@ -762,7 +769,7 @@ class Store:
         (needed when a row is looked up and its payload read in separate steps)."""
         with self._readers_lock:
             db = self._readers.pop() if self._readers else None
-        db = db or self._connect()
+        db = db or self._connect(reader=True)
         try:
             if snapshot:
                 db.execute("BEGIN")
@@ -773,7 +780,7 @@ class Store:
                     db.execute("COMMIT")
         finally:
             with self._readers_lock:
-                if len(self._readers) < 32:
+                if len(self._readers) < MAX_READERS:
                     self._readers.append(db)
                     db = None
             if db:
@@ -2273,8 +2280,9 @@ class Metrics:
 class App:
     """What every request needs: settings, the store, the sealer, counters."""
 
-    def __init__(self, config: Config, store: Store, sealer: Sealer):
+    def __init__(self, config: Config, store: Store, sealer: Sealer, log_writer=None):
         self.config, self.store, self.sealer = config, store, sealer
+        self.log_writer: LogWriter | None = log_writer
         self.usage = UsageCounter()
         self.watch = ConnectionWatch()
         self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
@@ -2325,10 +2333,16 @@ class App:
                              received, getattr(request, "bytes_sent", 0))
         level = logging.DEBUG if template in ("/health", "/ready") else logging.INFO
         if access_log.isEnabledFor(level):
-            access_log.log(level, "%s %s %s %d %dB %.1fms token=%s", request.client_address[0],
-                           request.command, template, response.status,
-                           getattr(request, "bytes_sent", 0), seconds * 1000,
-                           getattr(request, "token_id", None) or "-")
+            fields = (request.client_ip(), request.command, template, response.status,
+                      getattr(request, "bytes_sent", 0), seconds * 1000,
+                      getattr(request, "token_id", None) or "-")
+            if self.log_writer:
+                self.log_writer.access(level, ACCESS_LINE, fields)
+            else:
+                access_log.log(level, ACCESS_LINE, *fields)
+
+
+ACCESS_LINE = "%s %s %s %d %dB %.1fms token=%s"
 
 
 def cors_preflight(request: RequestHandler, **_) -> Response:
@@ -3605,10 +3619,12 @@ class JsonLogFormatter(logging.Formatter):
 
 
 class RecordQueue(logging.handlers.QueueHandler):
-    """Hands records over as they are: the writer thread formats them."""
+    """Hands records over as they are, without the handler lock (the queue is thread-safe;
+    a lock that a preempted thread holds makes every other request thread wait)."""
 
-    def prepare(self, record):
-        return record
+    def handle(self, record) -> bool:
+        self.queue.put(record)
+        return True
 
 
 class LogWriter(threading.Thread):
@@ -3619,13 +3635,27 @@ class LogWriter(threading.Thread):
         super().__init__(daemon=True, name="log-writer")
         self.records, self.handler = records, handler
 
+    def access(self, level: int, message: str, args: tuple) -> None:
+        """An access line, queued as plain fields: a request thread need not build a
+        LogRecord (that costs more than the rest of the line's work)."""
+        self.records.put((level, time.time(), message, args))
+
+    @staticmethod
+    def record(item) -> logging.LogRecord:
+        if not isinstance(item, tuple):
+            return item
+        level, created, message, args = item
+        record = logging.LogRecord(access_log.name, level, __file__, 0, message, args, None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        return record
+
     def run(self):
         while True:
             batch = [self.records.get()]
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 1000:
                     batch.append(self.records.get_nowait())
-            lines = [self.handler.format(record) for record in batch if record is not None]
+            lines = [self.handler.format(self.record(item)) for item in batch if item is not None]
             if lines:
                 with contextlib.suppress(OSError, ValueError):
                     self.handler.stream.write("\n".join(lines) + "\n")
@@ -3705,7 +3735,7 @@ def drain(server: Server, app: App, grace: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def run_server(config: Config) -> int:
+def run_server(config: Config, log_writer: LogWriter | None = None) -> int:
     certificate = load_certificate(config)
     store, sealer = open_store(config)
     if config.admin_password:
@@ -3719,7 +3749,7 @@ def run_server(config: Config) -> int:
     if config.admin_jwt_secret is None:
         log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
                     "when the server restarts")
-    app = App(config, store, sealer)
+    app = App(config, store, sealer, log_writer)
     app.certificate = certificate
     host, port = config.listen
     try:
@@ -3835,7 +3865,7 @@ def cmd_serve(args) -> int:
     config = Config(**resolve_options(args, SERVER_OPTIONS))
     writer = configure_logging(config.log_level, config.log_format, background=True)
     try:
-        return run_server(config)
+        return run_server(config, writer)
     except (ConfigError, StoreError) as error:
         if config.log_format != "json":
             raise  # main() prints the usual one line

@@ -124,7 +124,10 @@ def test_schemathesis_finds_no_failures(make_server, tmp_path):
         "--header", f"Authorization: Bearer {token}",
         "--header", f"Cookie: oxsync_session={session}; oxsync_csrf={csrf_cookie}",
         "--header", f"X-CSRF-Token: {csrf}",
-        "--report", "json", "--report-dir", str(report_dir)]
+        "--report", "json", "--report-dir", str(report_dir),
+        # Logging out ends the session on the server: the operations after it would only
+        # see 401s. The logout itself is covered by tests/test_admin_api.py.
+        "--exclude-path", "/admin/api/logout"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False,
                             cwd=tmp_path)
     output = result.stdout + result.stderr
@@ -135,7 +138,7 @@ def test_schemathesis_finds_no_failures(make_server, tmp_path):
     assert not report["failures"], f"schemathesis found failures:\n{failures}\n{output[-3000:]}"
     assert not report["errors"], json.dumps(report["errors"], indent=1)[:5000]
     assert report["test_cases"]["with_failures"] == 0
-    assert report["operations"]["tested"] >= sum(len(m) for m in EXPECTED.values())
+    assert report["operations"]["tested"] >= sum(len(m) for m in EXPECTED.values()) - 1
     assert result.returncode == 0, output[-5000:]
     # The credentials worked: authenticated operations were accepted, not just refused.
     rates = report["valid_rates"]
