@@ -7,6 +7,7 @@ run the suite against another build, e.g. OXSYNC_CMD="python3 dist/oxsync.pyz".
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,27 @@ def object_path(namespace: str, path: str) -> str:
     from urllib.parse import quote
     encoded = "/".join(quote(part, safe="") for part in path.split("/"))
     return ns_path(namespace, f"objects/{encoded}")
+
+
+@contextlib.contextmanager
+def running_server(directory: Path, env: dict | None = None, args: tuple = (),
+                   token: bool = True):
+    """A server shared by a whole module (server.token: a read/write token for '*'); the
+    module fails if the log shows a traceback. Tests that share it use their own namespace."""
+    server = OxsyncServer(directory, env, args).start()
+    if token:
+        server.token = server.create_token(name="shared")
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.fixture
+def ns() -> str:
+    """A namespace of its own for a test on a shared server."""
+    return f"team/{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

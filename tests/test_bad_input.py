@@ -9,7 +9,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import Answer, OxsyncServer, ns_path, object_path
+from conftest import Answer, ns_path, object_path, running_server
 
 NS = "team/default"
 NS_RAW = "team%2Fdefault"
@@ -21,19 +21,11 @@ NOT_DATA = {"tokens"}  # usage counters change on every request
 
 # -- helpers --------------------------------------------------------------------------
 
-def start(directory) -> OxsyncServer:
-    server = OxsyncServer(directory, env={"MAX_BLOB_SIZE": str(LIMIT),
-                                          "MAX_OBJECT_SIZE": str(LIMIT)}).start()
-    server.token = server.create_token(name="bad-input")
-    return server
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    server = start(tmp_path_factory.mktemp("bad-input"))
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+    with running_server(tmp_path_factory.mktemp("bad-input"),
+                        {"MAX_BLOB_SIZE": str(LIMIT), "MAX_OBJECT_SIZE": str(LIMIT)}) as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import OXSYNC, OxsyncServer, free_port, ns_path, object_path
+from conftest import OXSYNC, free_port, ns_path, object_path, running_server
 
 NS = "team/default"
 
@@ -20,10 +20,8 @@ NS = "team/default"
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """A running server whose database the token commands share."""
-    server = OxsyncServer(tmp_path_factory.mktemp("cli")).start()
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+    with running_server(tmp_path_factory.mktemp("cli"), token=False) as server:
+        yield server
 
 
 def token_list(server) -> list[dict]:

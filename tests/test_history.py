@@ -25,7 +25,7 @@ from urllib.parse import quote as percent
 
 import pytest
 
-from conftest import Answer, OxsyncServer, ns_path, object_path
+from conftest import Answer, ns_path, object_path, running_server
 
 NS = "team/default"
 MANIFEST_TYPE = "application/vnd.oxideterm.cloud-sync.manifest+json"
@@ -38,11 +38,8 @@ SERVER_OWNED = {"etag", "exists", "contentLength", "contentHash"}
 def shared(tmp_path_factory):
     """One server (admin on) for the tests that need no special settings; each test
     uses its own namespace."""
-    server = OxsyncServer(tmp_path_factory.mktemp("history"), ADMIN_ENV).start()
-    server.token = server.create_token()
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+    with running_server(tmp_path_factory.mktemp("history"), ADMIN_ENV) as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from datetime import datetime
 
 import pytest
-from conftest import OxsyncServer, ns_path, object_path
+from conftest import ns_path, object_path, running_server
 
 NS = "team/default"
 SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
@@ -25,17 +24,8 @@ CONFLICT_MESSAGE = "Remote snapshot changed before upload completed"
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """One server for the module; every test writes to its own namespace."""
-    server = OxsyncServer(tmp_path_factory.mktemp("locking")).start()
-    server.token = server.create_token(name="shared")
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
-
-
-@pytest.fixture
-def ns():
-    return f"team/{uuid.uuid4().hex[:12]}"
+    with running_server(tmp_path_factory.mktemp("locking")) as server:
+        yield server
 
 
 def quoted(etag: str) -> str:

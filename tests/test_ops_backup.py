@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 
 from conftest import OXSYNC, ns_path, object_path
 

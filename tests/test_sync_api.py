@@ -12,11 +12,10 @@ import os
 import shutil
 import time
 import urllib.parse
-import uuid
 from datetime import datetime
 
 import pytest
-from conftest import TEST_KEY, OxsyncServer, ns_path, object_path
+from conftest import TEST_KEY, ns_path, object_path, running_server
 
 NS = "team/default"
 SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
@@ -27,17 +26,8 @@ MANIFEST_TYPE = "application/vnd.oxideterm.cloud-sync.manifest+json"
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """One server for the tests that need no fresh database; each uses its own namespace."""
-    server = OxsyncServer(tmp_path_factory.mktemp("sync-api")).start()
-    server.token = server.create_token(name="shared")
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
-
-
-@pytest.fixture
-def ns():
-    return f"team/{uuid.uuid4().hex[:12]}"
+    with running_server(tmp_path_factory.mktemp("sync-api")) as server:
+        yield server
 
 
 def sha256_hex(data: bytes) -> str:
