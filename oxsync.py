@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import email.utils
 import fcntl
+import functools
 import getpass
 import hashlib
 import hmac
@@ -3444,130 +3445,143 @@ def admin_gc(request):
 
 # -- OpenAPI 3.1 description of both APIs (GET /openapi.json) -------------------
 
-def openapi_document() -> dict:
-    def ref(name):
-        return {"$ref": f"#/components/schemas/{name}"}
+def api_ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
 
-    def answer(description, schema=None, media="application/json"):
-        body = {"description": description}
-        if schema is not None:
-            body["content"] = {media: {"schema": schema}}
-        return body
 
-    def operation(summary, responses, *, body=None, media=("application/json",), params=(),
-                  security=None, tag="sync"):
-        op = {"summary": summary, "tags": [tag], "parameters": list(params),
-              "responses": {**responses, "default": answer("an error", ref("Error"))}}
-        if body is not None:
-            op["requestBody"] = {"required": True,
-                                 "content": {m: {"schema": body} for m in media}}
-        if security is not None:
-            op["security"] = security
-        return op
+def api_answer(description: str, schema=None, media: str = "application/json") -> dict:
+    body = {"description": description}
+    if schema is not None:
+        body["content"] = {media: {"schema": schema}}
+    return body
 
-    def name_param(name, description):
-        return {"name": name, "in": "path", "required": True, "description": description,
-                "schema": {"type": "string", "minLength": 1}}
 
-    ns = name_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
-    path = name_param("path", "object path; '/' separates segments, each percent-encoded")
+def api_operation(summary: str, responses: dict, *, body=None, media=("application/json",),
+                  params=(), security=None, tag: str = "sync") -> dict:
+    """One operation; every one may also answer the JSON error."""
+    operation = {"summary": summary, "tags": [tag], "parameters": list(params),
+                 "responses": {**responses, "default": api_answer("an error", api_ref("Error"))}}
+    if body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {m: {"schema": body} for m in media}}
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+def api_path_param(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "minLength": 1}}
+
+
+API_NS = api_path_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
+API_OBJECT = {"type": "object"}
+
+
+def sync_api_paths() -> dict:
+    path = api_path_param("path", "object path; '/' separates segments, each percent-encoded")
     etags = {"type": "string", "pattern": "\\S", "description": "'*' or entity tags"}
     conditional = [{"name": n, "in": "header", "required": False, "schema": etags}
                    for n in ("If-Match", "If-None-Match")]
+    if_none_match = conditional[1:]
     blob_headers = [{"name": n, "in": "header", "required": n == "X-OxideTerm-Revision",
                      "schema": {"type": "string", "pattern": "\\S"} if n.endswith("Revision")
                      else {"type": "string"}}
                     for n in ("X-OxideTerm-Revision", "X-OxideTerm-Device-Id",
                               "X-OxideTerm-Section-Revisions")]
-    binary = {"type": "string", "format": "binary"}
-    ok = answer("done", ref("Ok"))
-    admin, public = [{"session": [], "csrf": []}], []
-
-    def admin_op(summary, responses=None, **kwargs):
-        return operation(summary, responses or {"200": ok}, security=admin, tag="admin",
-                         **kwargs)
-
-    item = {"type": "object"}
-    paths = {
-        "/v1/namespaces/{ns}/metadata": {"parameters": [ns], "get": operation(
-            "the namespace's metadata; {exists: false} when empty",
-            {"200": answer("metadata", ref("Metadata")), "304": answer("not modified")},
-            params=conditional[1:]), "put": operation(
-            "store a manifest (kept verbatim)", {"200": answer("stored", ref("WriteAnswer"))},
-            body=ref("Manifest"), params=conditional)},
-        "/v1/namespaces/{ns}/blob": {"parameters": [ns], "get": operation(
-            "the snapshot", {"200": answer("snapshot bytes", binary, SNAPSHOT_TYPE),
-                             "304": answer("not modified")}, params=conditional[1:]),
-            "put": operation("store a snapshot (compare-and-swap with If-Match)",
-                             {"200": answer("stored", ref("WriteAnswer"))}, body=binary,
-                             media=(SNAPSHOT_TYPE, "application/octet-stream"),
-                             params=conditional + blob_headers)},
-        "/v1/namespaces/{ns}/objects/{path}": {"parameters": [ns, path], "get": operation(
-            "an object", {"200": answer("object bytes", binary, "*/*"),
-                          "304": answer("not modified")}, params=conditional[1:]),
-            "put": operation("store an object", {"200": answer("replaced", ref("ObjectAnswer")),
-                                                 "201": answer("created", ref("ObjectAnswer"))},
-                             body=binary, media=("application/octet-stream",
-                                                 "application/json"), params=conditional)},
-        "/health": {"get": operation("liveness", {"200": answer("up", item)}, security=public,
-                                     tag="service")},
-        "/ready": {"get": operation("readiness", {"200": answer("ready", item),
-                                                  "503": answer("degraded", item)},
-                                    security=public, tag="service")},
-        "/admin/api/login": {"post": operation(
-            "log in; sets the session and CSRF cookies",
-            {"200": answer("session", ref("Session"))}, security=public, tag="admin",
-            body={"type": "object", "required": ["password"], "properties": {
-                "username": {"type": "string"}, "password": {"type": "string"}}})},
-        "/admin/api/logout": {"post": admin_op("log out")},
-        "/admin/api/me": {"get": admin_op("the session", {"200": answer("me", ref("Session"))})},
-        "/admin/api/me/password": {"post": admin_op("change your password", body={
-            "type": "object", "required": ["currentPassword", "newPassword"],
-            "properties": {"currentPassword": {"type": "string"},
-                           "newPassword": {"type": "string", "minLength": 8}}})},
-        "/admin/api/stats": {"get": admin_op("counts, storage, warnings",
-                                             {"200": answer("stats", item)})},
-        "/admin/api/users": {"get": admin_op("admin users", {"200": answer("users", item)}),
-                             "post": admin_op("create an admin user", {"201": answer(
-                                 "created", item)}, body=item)},
-        "/admin/api/users/{name}": {"parameters": [name_param("name", "username")],
-                                    "patch": admin_op("enable, disable or reset password",
-                                                      {"200": answer("user", item)}, body=item),
-                                    "delete": admin_op("delete an admin user")},
-        "/admin/api/namespaces": {"get": admin_op("namespaces with sizes",
-                                                  {"200": answer("namespaces", item)}),
-                                  "post": admin_op("create a namespace", {"201": answer(
-                                      "created", item)}, body=item)},
-        "/admin/api/namespaces/{ns}": {"parameters": [ns, {
-            "name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}],
-            "delete": admin_op("soft-delete (hard=true purges a deleted namespace)",
-                               {"200": answer("done", item)})},
-        "/admin/api/namespaces/{ns}/restore": {"parameters": [ns], "post": admin_op(
-            "undo a soft delete", {"200": answer("restored", item)})},
-        "/admin/api/namespaces/{ns}/history": {"parameters": [ns], "get": admin_op(
-            "versions with summaries", {"200": answer("history", item)})},
-        "/admin/api/namespaces/{ns}/rollback": {"parameters": [ns], "post": admin_op(
-            "make an earlier version current", {"200": answer("rolled back", item)},
-            body=item)},
-        "/admin/api/tokens": {"get": admin_op("tokens (never secrets)",
-                                              {"200": answer("tokens", item)}),
-                              "post": admin_op("create a token; the secret is in this answer "
-                                               "only", {"201": answer("created", item)},
-                                               body=item)},
-        "/admin/api/tokens/{id}": {"parameters": [name_param("id", "token id")],
-                                   "patch": admin_op("rename, enable, disable, set expiry",
-                                                     {"200": answer("token", item)}, body=item),
-                                   "delete": admin_op("delete a token")},
-        "/admin/api/tokens/{id}/rotate": {"parameters": [name_param("id", "token id")],
-                                          "post": admin_op("new secret; the old one stops",
-                                                           {"200": answer("rotated", item)})},
-        "/admin/api/conflicts": {"get": admin_op("recent 412s, newest first",
-                                                 {"200": answer("conflicts", item)})},
-        "/admin/api/gc": {"post": admin_op("apply object retention now",
-                                           {"200": answer("removed", item)})},
+    binary, not_modified = {"type": "string", "format": "binary"}, api_answer("not modified")
+    stored = {"200": api_answer("stored", api_ref("WriteAnswer"))}
+    public = []
+    return {
+        "/v1/namespaces/{ns}/metadata": {
+            "parameters": [API_NS],
+            "get": api_operation("the namespace's metadata; {exists: false} when empty",
+                                 {"200": api_answer("metadata", api_ref("Metadata")),
+                                  "304": not_modified}, params=if_none_match),
+            "put": api_operation("store a manifest (kept verbatim)", stored,
+                                 body=api_ref("Manifest"), params=conditional)},
+        "/v1/namespaces/{ns}/blob": {
+            "parameters": [API_NS],
+            "get": api_operation("the snapshot", {
+                "200": api_answer("snapshot bytes", binary, SNAPSHOT_TYPE),
+                "304": not_modified}, params=if_none_match),
+            "put": api_operation("store a snapshot (compare-and-swap with If-Match)", stored,
+                                 body=binary, media=(SNAPSHOT_TYPE, "application/octet-stream"),
+                                 params=conditional + blob_headers)},
+        "/v1/namespaces/{ns}/objects/{path}": {
+            "parameters": [API_NS, path],
+            "get": api_operation("an object", {"200": api_answer("object bytes", binary, "*/*"),
+                                               "304": not_modified}, params=if_none_match),
+            "put": api_operation("store an object", {
+                "200": api_answer("replaced", api_ref("ObjectAnswer")),
+                "201": api_answer("created", api_ref("ObjectAnswer"))}, body=binary,
+                media=("application/octet-stream", "application/json"), params=conditional)},
+        "/health": {"get": api_operation("liveness", {"200": api_answer("up", API_OBJECT)},
+                                         security=public, tag="service")},
+        "/ready": {"get": api_operation("readiness", {
+            "200": api_answer("ready", API_OBJECT), "503": api_answer("degraded", API_OBJECT)},
+            security=public, tag="service")},
     }
+
+
+def admin_api_paths() -> dict:
+    def admin(summary, answer="done", status="200", body=None, schema=None):
+        return api_operation(summary, {status: api_answer(answer, schema or (
+            api_ref("Ok") if answer == "done" else API_OBJECT))}, body=body,
+            security=[{"session": [], "csrf": []}], tag="admin")
+
+    token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
+    hard = {"name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}
     text = {"type": "string"}
-    schemas = {
+    return {
+        "/admin/api/login": {"post": api_operation(
+            "log in; sets the session and CSRF cookies",
+            {"200": api_answer("session", api_ref("Session"))}, security=[], tag="admin",
+            body={"type": "object", "required": ["password"],
+                  "properties": {"username": text, "password": text, "basePath": text}})},
+        "/admin/api/logout": {"post": admin("log out; the session ends on the server too")},
+        "/admin/api/me": {"get": admin("the session", "me", schema=api_ref("Session"))},
+        "/admin/api/me/password": {"post": admin("change your password", body={
+            "type": "object", "required": ["currentPassword", "newPassword"],
+            "properties": {"currentPassword": text,
+                           "newPassword": {"type": "string", "minLength": 8}}})},
+        "/admin/api/stats": {"get": admin("counts, storage, warnings", "stats")},
+        "/admin/api/users": {"get": admin("admin users", "users"),
+                             "post": admin("create an admin user", "created", "201",
+                                           API_OBJECT)},
+        "/admin/api/users/{name}": {
+            "parameters": [username],
+            "patch": admin("enable, disable or reset password", "user", body=API_OBJECT),
+            "delete": admin("delete an admin user")},
+        "/admin/api/namespaces": {"get": admin("namespaces with sizes", "namespaces"),
+                                  "post": admin("create a namespace", "created", "201",
+                                                API_OBJECT)},
+        "/admin/api/namespaces/{ns}": {
+            "parameters": [API_NS, hard],
+            "delete": admin("soft-delete (hard=true purges a deleted namespace)", "gone")},
+        "/admin/api/namespaces/{ns}/restore": {"parameters": [API_NS], "post": admin(
+            "undo a soft delete", "restored")},
+        "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS], "get": admin(
+            "versions with summaries", "history")},
+        "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
+            "make an earlier version current", "rolled back", body=API_OBJECT)},
+        "/admin/api/tokens": {"get": admin("tokens (never secrets)", "tokens"),
+                              "post": admin("create a token; the secret is in this answer only",
+                                            "created", "201", API_OBJECT)},
+        "/admin/api/tokens/{id}": {
+            "parameters": [token_id],
+            "patch": admin("rename, enable, disable, set expiry", "token", body=API_OBJECT),
+            "delete": admin("delete a token")},
+        "/admin/api/tokens/{id}/rotate": {"parameters": [token_id], "post": admin(
+            "new secret; the old one stops", "rotated")},
+        "/admin/api/conflicts": {"get": admin("recent 412s, newest first", "conflicts")},
+        "/admin/api/gc": {"post": admin("apply object retention now", "removed")},
+    }
+
+
+def api_schemas() -> dict:
+    text = {"type": "string"}
+    return {
         "Error": {"type": "object", "required": ["error"], "properties": {
             "ok": {"const": False}, "error": {
                 "type": "object", "required": ["code", "message"], "properties": {
@@ -3587,22 +3601,29 @@ def openapi_document() -> dict:
         "Session": {"type": "object", "required": ["username", "expiresAt"], "properties": {
             "username": text, "expiresAt": text, "csrfToken": text}},
     }
-    return {"openapi": "3.1.0",
-            "info": {"title": "oxsync", "version": VERSION,
-                     "description": "Cloud Sync server for OxideTerm: the sync API the client "
-                                    "uses, and the admin API behind the admin page."},
-            "paths": paths, "security": [{"bearer": []}, {"basic": []}],
-            "components": {"schemas": schemas, "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "basic": {"type": "http", "scheme": "basic",
-                          "description": "the password part is the token"},
-                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
-                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}}}}
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document, built once."""
+    return json_body({
+        "openapi": "3.1.0",
+        "info": {"title": "oxsync", "version": VERSION,
+                 "description": "Cloud Sync server for OxideTerm: the sync API the client "
+                                "uses, and the admin API behind the admin page."},
+        "paths": {**sync_api_paths(), **admin_api_paths()},
+        "security": [{"bearer": []}, {"basic": []}],
+        "components": {"schemas": api_schemas(), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic",
+                      "description": "the password part is the token"},
+            "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+            "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}}}})
 
 
 @route("GET", "/openapi.json")
 def openapi(request):
-    return json_response(openapi_document())
+    return Response(200, openapi_document(), content_type="application/json")
 
 
 # ---------------------------------------------------------------------------
@@ -4127,29 +4148,23 @@ def rewrite_legacy_flags(argv: list[str]) -> list[str]:
     return argv
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="oxsync", description="Self-hosted Cloud Sync server for OxideTerm. Without a "
-        "command it serves: 'oxsync --listen 0.0.0.0:8730 --db-path ./sync.db'.",
-        epilog="Every command takes --help. Settings come from flags, then environment "
-        "variables, then an optional ./.env file.")
-    parser.add_argument("--version", action="version", version=f"oxsync {VERSION}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_command(parent, name: str, help_text: str, run, options=(DB_OPTION,)):
+    sub = parent.add_parser(name, help=help_text, description=help_text)
+    add_options(sub, list(options))
+    sub.set_defaults(run=run)
+    return sub
 
-    def command(parent, name, help_text, run, options=(DB_OPTION,)):
-        sub = parent.add_parser(name, help=help_text, description=help_text)
-        add_options(sub, list(options))
-        sub.set_defaults(run=run)
-        return sub
 
-    command(commands, "serve", "run the sync server (the default command)", cmd_serve,
-            SERVER_OPTIONS)
+def add_group(commands, name: str, help_text: str):
+    """A command with actions of its own (oxsync token create, ...)."""
+    group = commands.add_parser(name, help=help_text, description=help_text)
+    return group.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    tokens = commands.add_parser("token", help="create and manage API tokens",
-                                 description="create and manage API tokens")
-    token_actions = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = command(token_actions, "create", "create a token; prints the secret once on "
-                     "stdout", cmd_token_create, (DB_OPTION, TTL_OPTION))
+
+def add_token_commands(commands) -> None:
+    actions = add_group(commands, "token", "create and manage API tokens")
+    create = add_command(actions, "create", "create a token; prints the secret once on stdout",
+                         cmd_token_create, (DB_OPTION, TTL_OPTION))
     create.add_argument("--name", required=True, help="what the token is for, e.g. 'laptop'")
     create.add_argument("--namespace", required=True, metavar="PATTERN",
                         help="'*', an exact namespace, or a prefix ending in '*' ('team/*')")
@@ -4158,66 +4173,83 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--expires-at", metavar="RFC3339",
                         help="expiry such as 2027-06-30T00:00:00Z (default: "
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
-    listing = command(token_actions, "list", "list tokens and their use", cmd_token_list)
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_command(actions, "list", "list tokens and their use", cmd_token_list).add_argument(
+        "--json", action="store_true", help="print JSON")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
                          ("rotate", "give a token a new secret; the old one stops working"),
                          ("delete", "delete a token")):
-        command(token_actions, action, text, cmd_token_change).add_argument(
+        add_command(actions, action, text, cmd_token_change).add_argument(
             "id", help="token id (see: oxsync token list)")
 
-    spaces = commands.add_parser("namespace", help="list and manage namespaces",
-                                 description="list and manage namespaces")
-    space_actions = spaces.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = command(space_actions, "list", "list namespaces with sizes and last sync",
-                      cmd_namespace_list)
-    listing.add_argument("--json", action="store_true", help="print JSON")
+
+def add_namespace_commands(commands) -> None:
+    actions = add_group(commands, "namespace", "list and manage namespaces")
+    add_command(actions, "list", "list namespaces with sizes and last sync",
+                cmd_namespace_list).add_argument("--json", action="store_true",
+                                                 help="print JSON")
     for action, text in (("create", "create an empty namespace"),
                          ("delete", "soft-delete: sync answers 410, data is kept"),
                          ("restore", "undo a soft delete"),
                          ("purge", "remove a soft-deleted namespace and all its data")):
-        command(space_actions, action, text, cmd_namespace_change).add_argument(
+        add_command(actions, action, text, cmd_namespace_change).add_argument(
             "namespace", help="namespace name, e.g. team/default")
-
-    history = command(space_actions, "history", "list a namespace's versions (each "
-                      "accepted manifest) with what changed", cmd_namespace_history)
+    history = add_command(actions, "history", "list a namespace's versions (each accepted "
+                          "manifest) with what changed", cmd_namespace_history)
     history.add_argument("namespace", help="namespace name")
     history.add_argument("--limit", type=int, default=50, help="newest N versions (50)")
     history.add_argument("--json", action="store_true", help="print JSON")
-    rollback = command(space_actions, "rollback", "make an earlier version current again "
-                       "(a dry run unless --yes)", cmd_namespace_rollback,
-                       (DB_OPTION, BLOB_HISTORY_OPTION))
+    rollback = add_command(actions, "rollback", "make an earlier version current again "
+                           "(a dry run unless --yes)", cmd_namespace_rollback,
+                           (DB_OPTION, BLOB_HISTORY_OPTION))
     rollback.add_argument("namespace", help="namespace name")
     target = rollback.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")
     target.add_argument("--to-blob", type=int, metavar="VERSION", help="snapshot version")
     rollback.add_argument("--yes", action="store_true", help="do it (default: dry run)")
 
-    command(commands, "gc", "apply object retention now; prints what was removed", cmd_gc,
-            (DB_OPTION, RETENTION_OPTION))
-    command(commands, "backup", "copy the database while the server runs, plus a .sha256",
-            cmd_backup).add_argument("--to", required=True, metavar="FILE",
-                                     help="backup file to write")
-    command(commands, "verify-backup", "check a backup's .sha256 and SQLite integrity",
-            cmd_verify_backup, ()).add_argument("file", help="backup file")
-    restore = command(commands, "restore", "verify a backup, then copy it over the database",
-                      cmd_restore)
+
+def add_maintenance_commands(commands) -> None:
+    add_command(commands, "gc", "apply object retention now; prints what was removed", cmd_gc,
+                (DB_OPTION, RETENTION_OPTION))
+    add_command(commands, "backup", "copy the database while the server runs, plus a .sha256",
+                cmd_backup).add_argument("--to", required=True, metavar="FILE",
+                                         help="backup file to write")
+    add_command(commands, "verify-backup", "check a backup's .sha256 and SQLite integrity",
+                cmd_verify_backup, ()).add_argument("file", help="backup file")
+    restore = add_command(commands, "restore", "verify a backup, then copy it over the "
+                          "database", cmd_restore)
     restore.add_argument("--from", dest="source", required=True, metavar="FILE",
                          help="backup file")
     restore.add_argument("--force", action="store_true",
                          help="replace an existing database (stop the server first)")
-    command(commands, "rotate-key", "re-seal every payload with a new key (stop the server "
-            "first; resumable)", cmd_rotate_key, (DB_OPTION, KEY_OPTION, NEW_KEY_OPTION))
-    command(commands, "encrypt-existing", "seal payloads stored before encryption was turned "
-            "on (resumable)", cmd_encrypt_existing, (DB_OPTION, KEY_OPTION))
+    add_command(commands, "rotate-key", "re-seal every payload with a new key (stop the server "
+                "first; resumable)", cmd_rotate_key, (DB_OPTION, KEY_OPTION, NEW_KEY_OPTION))
+    add_command(commands, "encrypt-existing", "seal payloads stored before encryption was "
+                "turned on (resumable)", cmd_encrypt_existing, (DB_OPTION, KEY_OPTION))
 
-    admin = commands.add_parser("admin", help="manage admin page users",
-                                description="manage admin page users")
-    admin_actions = admin.add_subparsers(dest="action", metavar="ACTION", required=True)
-    password = command(admin_actions, "set-password", "create an admin user or reset its "
-                       "password (read from the terminal, or one line of stdin)",
-                       cmd_admin_set_password)
-    password.add_argument("--username", help="default: ADMIN_USERNAME, else admin")
+
+def add_admin_commands(commands) -> None:
+    actions = add_group(commands, "admin", "manage admin page users")
+    add_command(actions, "set-password", "create an admin user or reset its password (read "
+                "from the terminal, or one line of stdin)",
+                cmd_admin_set_password).add_argument(
+        "--username", help="default: ADMIN_USERNAME, else admin")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oxsync", description="Self-hosted Cloud Sync server for OxideTerm. Without a "
+        "command it serves: 'oxsync --listen 0.0.0.0:8730 --db-path ./sync.db'.",
+        epilog="Every command takes --help. Settings come from flags, then environment "
+        "variables, then an optional ./.env file.")
+    parser.add_argument("--version", action="version", version=f"oxsync {VERSION}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_command(commands, "serve", "run the sync server (the default command)", cmd_serve,
+                SERVER_OPTIONS)
+    add_token_commands(commands)
+    add_namespace_commands(commands)
+    add_maintenance_commands(commands)
+    add_admin_commands(commands)
     parser.set_defaults(command_names=set(commands.choices))
     return parser
 
