@@ -488,7 +488,7 @@ def http_date(timestamp: float) -> str:
 # ---------------------------------------------------------------------------
 
 NONCE_SIZE, TAG_SIZE = 12, 16
-KEY_CHECK = b"oxsync key check v1"
+KEY_CHECK, KEY_CHECK_CONTEXT = b"oxsync key check v1", b"oxsync/key-check"
 
 
 class SealError(Exception):
@@ -862,6 +862,15 @@ def open_store(config: Config) -> tuple[Store, Sealer]:
     return store, sealer
 
 
+def key_opens_check(sealer: Sealer, stored_check: str) -> bool:
+    """Whether the sealer's key opens the key check stored in the settings table."""
+    try:
+        sealer.open(bytes.fromhex(stored_check), sealer.key_id, KEY_CHECK_CONTEXT)
+        return True
+    except SealError:
+        return False
+
+
 def check_key(store: Store, sealer: Sealer) -> None:
     """Refuse a wrong or missing key at startup rather than failing every read later."""
     with store.write() as db:
@@ -878,11 +887,9 @@ def check_key(store: Store, sealer: Sealer) -> None:
         if not sealer.enabled:
             raise StoreError(f"{store.path} holds payloads sealed with key {stored_id}; "
                              "start oxsync with ENCRYPTION_KEY set to that key")
-        try:
-            sealer.open(bytes.fromhex(stored_check), sealer.key_id, b"oxsync/key-check")
-        except SealError:
+        if not key_opens_check(sealer, stored_check):
             raise StoreError(f"ENCRYPTION_KEY (key id {sealer.key_id}) is not the key that "
-                             f"sealed {store.path} (key id {stored_id})") from None
+                             f"sealed {store.path} (key id {stored_id})")
     if sealer.enabled:
         with store.read() as db:
             plain = count_plaintext_payloads(db)
@@ -982,20 +989,17 @@ def erasing(db):
 
 def purge_namespace(db, name: str) -> int:
     """Remove a soft-deleted namespace and everything in it -> bytes freed."""
-    freed = db.execute("SELECT (SELECT coalesce(sum(size), 0) FROM objects WHERE namespace = ?)"
-                       " + (SELECT coalesce(sum(size), 0) FROM blobs WHERE namespace = ?)"
-                       " + (SELECT coalesce(sum(size), 0) FROM blob_versions "
-                       "WHERE namespace = ?)", (name, name, name)).fetchone()[0]
+    owned = db.execute(" UNION ALL ".join(f"SELECT payload_id, size FROM {table} "
+                                          "WHERE namespace = ?" for table in PAYLOAD_OWNERS),
+                       (name,) * len(PAYLOAD_OWNERS)).fetchall()
     with erasing(db):
-        drop_payloads(db, [row[0] for row in db.execute(
-            " UNION ALL ".join(f"SELECT payload_id FROM {t} WHERE namespace = ?"
-                               for t in PAYLOAD_OWNERS), (name,) * len(PAYLOAD_OWNERS))])
+        drop_payloads(db, [payload_id for payload_id, _ in owned])
     for table, column in (("objects", "namespace"), ("blobs", "namespace"),
                           ("blob_versions", "namespace"),
                           ("manifests", "namespace"), ("conflicts", "namespace"),
                           ("namespaces", "name")):
         db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
-    return freed
+    return sum(size for _, size in owned)
 
 
 # -- history, rollback and retention (PROTOCOL.md section 4, "Retention") ------
@@ -1271,7 +1275,7 @@ def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
 
 
 def store_key_check(db, sealer: Sealer) -> None:
-    check, _ = sealer.seal(KEY_CHECK, b"oxsync/key-check")
+    check, _ = sealer.seal(KEY_CHECK, KEY_CHECK_CONTEXT)
     db.execute("INSERT OR REPLACE INTO settings VALUES ('key_id', ?), ('key_check', ?)",
                (sealer.key_id, check.hex()))
 
@@ -1302,11 +1306,9 @@ def check_key_opens(store: Store, db, sealer: Sealer) -> None:
     stored = store.setting(db, "key_check")
     if stored is None:
         raise StoreError(f"{store.path} is not encrypted yet; use encrypt-existing")
-    try:
-        sealer.open(bytes.fromhex(stored), sealer.key_id, b"oxsync/key-check")
-    except SealError:
+    if not key_opens_check(sealer, stored):
         raise StoreError(f"the current key (id {sealer.key_id}) is not the key that sealed "
-                         f"{store.path} (key id {store.setting(db, 'key_id')})") from None
+                         f"{store.path} (key id {store.setting(db, 'key_id')})")
 
 
 def encrypt_existing(store: Store, key: bytes) -> int:
@@ -1517,14 +1519,19 @@ def authenticate(db, raw: str, namespace: str):
     return row
 
 
+def namespace_deleted(namespace: str) -> HTTPError:
+    """410, not 404: the client would take a 404 for an empty namespace and upload into it."""
+    return HTTPError(410, f"namespace '{namespace}' was deleted on the server; its data is "
+                          "kept until an administrator restores or purges it")
+
+
 def authorize(token, namespace: str, namespace_row, permission: str) -> None:
     """Pattern (403), then the namespace's state (410), then the permission (403)."""
     if not pattern_matches(token["namespace_pattern"], namespace):
         raise HTTPError(403, f"token '{token['name']}' may only use namespaces matching "
                              f"'{token['namespace_pattern']}', not '{namespace}'")
     if namespace_row is not None and namespace_row["deleted_at"] is not None:
-        raise HTTPError(410, f"namespace '{namespace}' was deleted on the server; its data is "
-                             "kept until an administrator restores or purges it")
+        raise namespace_deleted(namespace)
     if permission not in token["permissions"].split(","):
         raise HTTPError(403, f"token '{token['name']}' has no {permission} permission; ask "
                              "the server's administrator for a token that has")
@@ -2281,15 +2288,15 @@ class Metrics:
 class App:
     """What every request needs: settings, the store, the sealer, counters."""
 
-    def __init__(self, config: Config, store: Store, sealer: Sealer, log_writer=None):
+    def __init__(self, config: Config, store: Store, sealer: Sealer, log_writer: "LogWriter",
+                 certificate: Certificate | None = None):
         self.config, self.store, self.sealer = config, store, sealer
-        self.log_writer: LogWriter | None = log_writer
+        self.log_writer, self.certificate = log_writer, certificate
         self.usage = UsageCounter()
         self.watch = ConnectionWatch()
         self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
         self.metrics = Metrics()
-        self.certificate: Certificate | None = None
         self.started = time.monotonic()
         self.admin_page = load_admin_page()
 
@@ -2337,10 +2344,7 @@ class App:
             fields = (request.client_ip(), request.command, template, response.status,
                       getattr(request, "bytes_sent", 0), seconds * 1000,
                       getattr(request, "token_id", None) or "-")
-            if self.log_writer:
-                self.log_writer.access(level, ACCESS_LINE, fields)
-            else:
-                access_log.log(level, ACCESS_LINE, *fields)
+            self.log_writer.access(level, ACCESS_LINE, fields)
 
 
 ACCESS_LINE = "%s %s %s %d %dB %.1fms token=%s"
@@ -2440,7 +2444,8 @@ def json_depth(value) -> int:
 
 
 def sync_access(request, db, namespace: str, permission: str):
-    """Authenticate and authorize a sync call -> (token row, namespace row or None)."""
+    """Authenticate and authorize a sync call -> the namespace's row (joined with the
+    token's), or None when the namespace does not exist yet."""
     try:
         token = authenticate(db, token_from_header(request.headers.get("Authorization")),
                              namespace)
@@ -2452,7 +2457,7 @@ def sync_access(request, db, namespace: str, permission: str):
     authorize(token, namespace, row, permission)
     version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
     request.app.usage.record(token["id"], namespace, request.client_ip(), version)
-    return token, row
+    return row
 
 
 def authorize_write(request, namespace: str) -> None:
@@ -2488,8 +2493,7 @@ def not_modified(request, etag: str | None) -> Response | None:
 def writable_namespace(db, namespace: str, now: float):
     row = ensure_namespace(db, namespace, now)
     if row["deleted_at"] is not None:
-        raise HTTPError(410, f"namespace '{namespace}' was deleted on the server; its data is "
-                             "kept until an administrator restores or purges it")
+        raise namespace_deleted(namespace)
     return row
 
 
@@ -2549,7 +2553,7 @@ def request_content_type(request) -> str | None:
 @route("GET", "/v1/namespaces/{ns}/metadata")
 def get_metadata(request, ns):
     with request.app.store.read() as db:
-        _, row = sync_access(request, db, ns, "read")
+        row = sync_access(request, db, ns, "read")
     if row is None or row["metadata"] is None:
         return Response(200, EMPTY_METADATA, content_type="application/json")
     etag = row["etag"]
@@ -2609,7 +2613,7 @@ def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: st
 @route("GET", "/v1/namespaces/{ns}/blob")
 def get_blob(request, ns):
     with request.app.store.read(snapshot=True) as db:
-        _, row = sync_access(request, db, ns, "read")
+        row = sync_access(request, db, ns, "read")
         blob = db.execute("SELECT b.payload_id, p.key_id FROM blobs b JOIN payloads p "
                           "ON p.id = b.payload_id WHERE b.namespace = ?", (ns,)).fetchone()
         if blob is None:
@@ -3756,7 +3760,7 @@ def drain(server: Server, app: App, grace: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def run_server(config: Config, log_writer: LogWriter | None = None) -> int:
+def run_server(config: Config, log_writer: LogWriter) -> int:
     certificate = load_certificate(config)
     store, sealer = open_store(config)
     if config.admin_password:
@@ -3770,8 +3774,7 @@ def run_server(config: Config, log_writer: LogWriter | None = None) -> int:
     if config.admin_jwt_secret is None:
         log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
                     "when the server restarts")
-    app = App(config, store, sealer, log_writer)
-    app.certificate = certificate
+    app = App(config, store, sealer, log_writer, certificate)
     host, port = config.listen
     try:
         server = Server(app)

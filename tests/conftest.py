@@ -72,7 +72,9 @@ class OxsyncServer:
         self.process = subprocess.Popen(
             OXSYNC + ["serve", "--listen", f"127.0.0.1:{self.port}",
                       "--db-path", str(self.db_path)] + self.args,
-            cwd=self.workdir, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
+            cwd=self.workdir, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            # No terminal: nothing (e.g. OpenSSL asking for a key's pass phrase) may prompt.
+            stdin=subprocess.DEVNULL, start_new_session=True)
         if wait:
             self.wait_ready()
         return self

@@ -107,6 +107,13 @@ def race(count: int, attempt) -> list:
     return answers
 
 
+def only_winner(answers) -> int:
+    """Exactly one 200 and the rest 412 -> the winner's index."""
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [200] + [412] * (WRITERS - 1), statuses
+    return next(i for i, answer in enumerate(answers) if answer.status == 200)
+
+
 # -- the legacy blob flow ---------------------------------------------------------
 
 def test_legacy_blob_flow(shared, ns):
@@ -340,9 +347,7 @@ def test_blob_race(shared, ns):
             connection.close()
 
     answers = race(WRITERS, attempt)
-    statuses = sorted(answer.status for answer in answers)
-    assert statuses == [200] + [412] * (WRITERS - 1), statuses
-    winner = next(i for i, answer in enumerate(answers) if answer.status == 200)
+    winner = only_winner(answers)
     winner_etag = answers[winner].json["etag"]
     blob = server.request("GET", ns_path(ns, "blob"), token=token)
     assert blob.body == b"payload-%02d-MARKER" % winner
@@ -387,9 +392,7 @@ def test_metadata_race(shared, ns):
             connection.close()
 
     answers = race(WRITERS, attempt)
-    statuses = sorted(answer.status for answer in answers)
-    assert statuses == [200] + [412] * (WRITERS - 1), statuses
-    winner = next(i for i, answer in enumerate(answers) if answer.status == 200)
+    winner = only_winner(answers)
     metadata = get_metadata(server, token, ns)
     assert metadata["revision"] == f"m-{winner}"
     assert metadata["etag"] == answers[winner].json["etag"]
@@ -415,9 +418,7 @@ def test_object_race(shared, ns):
             connection.close()
 
     answers = race(WRITERS, attempt)
-    statuses = sorted(answer.status for answer in answers)
-    assert statuses == [200] + [412] * (WRITERS - 1), statuses
-    winner = next(i for i, answer in enumerate(answers) if answer.status == 200)
+    winner = only_winner(answers)
     got = server.request("GET", object_path(ns, path), token=token)
     assert got.body == b"object-%02d-OBJMARKER" % winner
     assert got.headers["ETag"] == quoted(answers[winner].json["etag"])

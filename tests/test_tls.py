@@ -149,19 +149,6 @@ class TlsServer(OxsyncServer):
         super().__init__(workdir, {**(env or {}), **(tls if use_env else {})},
                          (*flags, *args))
 
-    def start(self, wait: bool = True) -> "TlsServer":
-        """As OxsyncServer.start, but without a terminal: OpenSSL must never prompt
-        (e.g. for a key's pass phrase) on the terminal running the tests."""
-        self.log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            OXSYNC + ["serve", "--listen", f"127.0.0.1:{self.port}",
-                      "--db-path", str(self.db_path)] + self.args,
-            cwd=self.workdir, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        if wait:
-            self.wait_ready()
-        return self
-
     def connect(self, timeout: float = 30, context: ssl.SSLContext | None = None):
         return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
                                            context=context or self.pki.context())
