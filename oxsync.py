@@ -3037,8 +3037,8 @@ def admin_login(request):
         user = db.execute("SELECT * FROM admin_users WHERE username = ?", (username,)).fetchone()
     valid = verify_password(password, user["password_hash"] if user else login_delay_hash())
     if not (valid and user and user["enabled"]):
-        with app.store.write() as db:
-            locked = record_login_failure(db, app.config, ip, now)
+        with app.store.write() as db:  # the lockout runs from now, not from before scrypt
+            locked = record_login_failure(db, app.config, ip, time.time())
         # An unknown name may be a password typed into the wrong field: never log it.
         audit(request, "login-failed", f"username={username!r}" if user else
               f"unknown username ({len(username)} characters)")
