@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import dataclasses
 import email.utils
@@ -36,9 +37,11 @@ import hmac
 import http
 import http.cookies
 import http.server
+import itertools
 import json
 import logging
 import logging.handlers
+import mmap
 import os
 import queue
 import re
@@ -678,6 +681,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 MAX_READERS = 256  # idle reader connections kept; one per concurrent request is needed
+CACHED_READS = 256  # results of Store.cached() kept (each at most a namespace's metadata)
+WAL_INDEX_HEADER = 48  # bytes; https://sqlite.org/walformat.html, "The WAL-Index Header"
 
 
 class StoreError(Exception):
@@ -690,14 +695,14 @@ class Store:
     WAL mode lets readers run while one transaction writes. Writers queue on a
     Python lock instead of SQLite's sleeping busy handler, so concurrent
     uploads are served in arrival order without latency spikes; other
-    processes (the CLI) still wait on SQLite's busy timeout. The server moves WAL
-    checkpoints off the request path (`background_checkpoints`): it calls
-    checkpoint() from its housekeeping thread instead.
+    processes (the CLI) still wait on SQLite's busy timeout. The server's store
+    (`serving`) moves WAL checkpoints off the request path (its housekeeping thread
+    calls checkpoint()) and can cache reads (cached()).
     """
 
-    def __init__(self, path: str, background_checkpoints: bool = False):
+    def __init__(self, path: str, serving: bool = False):
         self.path = path
-        self._autocheckpoint = 0 if background_checkpoints else 1000
+        self._autocheckpoint = 0 if serving else 1000
         directory = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -709,6 +714,8 @@ class Store:
         self._readers_lock = threading.Lock()
         self._writer = self._connect()
         self._migrate()
+        self._wal_file, self._wal_index = self._map_wal_index() if serving else (None, None)
+        self._cache: dict = {}
 
     def hold(self, exclusive: bool) -> None:
         """An advisory lock on the file, held until exit: the server holds it shared, and
@@ -719,6 +726,43 @@ class Store:
                         | fcntl.LOCK_NB)
         except OSError:
             raise StoreError(f"a server is running on {self.path}; stop it first") from None
+
+    def _map_wal_index(self):
+        """SQLite's WAL index, the "-shm" file that every connection of every process
+        shares (https://sqlite.org/walformat.html): its header is rewritten by every
+        commit that changes the database. -> (open file, read-only map of the header).
+
+        Both stay open until close(), after the connections: closing any descriptor of
+        a file drops every POSIX lock this process holds on it, SQLite's included, and
+        another process would then reset the file under our map (SIGBUS)."""
+        try:
+            file = open(self.path + "-shm", "rb")
+        except OSError:
+            return None, None  # then nothing is cached
+        try:
+            return file, mmap.mmap(file.fileno(), WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return file, None
+
+    def cached(self, key, load):
+        """load(reader) -> a result, kept and reused until any process commits a change.
+
+        Checking costs one memory read of the WAL index header. A statement would cost
+        far more under load than its own few microseconds: SQLite lets go of the GIL
+        while it runs, and getting the GIL back among many busy request threads is what
+        made a GET slow. None is never kept (an unknown token must not fill memory).
+        """
+        version = self._wal_index[:WAL_INDEX_HEADER] if self._wal_index else None
+        hit = self._cache.get(key)
+        if hit is not None and version is not None and hit[0] == version:
+            return hit[1]
+        with self.read() as db:
+            value = load(db)
+        if value is not None and version is not None:
+            if len(self._cache) >= CACHED_READS:
+                self._cache.clear()
+            self._cache[key] = (version, value)
+        return value
 
     def connect_plain(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -851,12 +895,16 @@ class Store:
             self._readers.clear()
         with self._write_lock:
             self._writer.close()
+        wal_index, self._wal_index = self._wal_index, None
+        for handle in (wal_index, self._wal_file):
+            if handle:
+                handle.close()
 
 
 def open_store(config: Config) -> tuple[Store, Sealer]:
     """Open the database and check that the configured key fits what it holds."""
     sealer = Sealer(config.encryption_key)
-    store = Store(config.db_path, background_checkpoints=True)
+    store = Store(config.db_path, serving=True)
     store.hold(exclusive=False)
     check_key(store, sealer)
     return store, sealer
@@ -1499,13 +1547,15 @@ def token_from_header(value: str | None) -> str:
     raise HTTPError(401, "malformed Authorization header; expected 'Bearer <token>'")
 
 
-def authenticate(db, raw: str, namespace: str):
+def authenticate(store: Store, raw: str, namespace: str):
     """The token's row joined with the namespace's (its columns NULL when there is none):
-    one statement for the hottest path, GET metadata."""
-    row = db.execute("SELECT t.id, t.name, t.namespace_pattern, t.permissions, t.enabled, "
-                     "t.expires_at, n.name AS namespace, n.metadata, n.etag, n.deleted_at "
-                     "FROM tokens t LEFT JOIN namespaces n ON n.name = ? "
-                     "WHERE t.token_hash = ?", (namespace, hash_token(raw))).fetchone()
+    one cached statement, so the hottest path, GET metadata, usually runs no SQL at all."""
+    token_hash = hash_token(raw)
+    row = store.cached(("token", namespace, token_hash), lambda db: db.execute(
+        "SELECT t.id, t.name, t.namespace_pattern, t.permissions, t.enabled, t.expires_at, "
+        "n.name AS namespace, n.metadata, n.etag, n.deleted_at FROM tokens t "
+        "LEFT JOIN namespaces n ON n.name = ? WHERE t.token_hash = ?",
+        (namespace, token_hash)).fetchone())
     if row is None:
         raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
                              "server's administrator for a new one")
@@ -1754,7 +1804,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     """One connection: reads requests, frames bodies, writes answers in one send."""
 
     disable_nagle_algorithm = True   # TCP_NODELAY: no 40 ms stall per keep-alive request
-    timeout = 600                    # last resort; ConnectionWatch enforces the real limits
+    # No socket timeout: with one, Python polls before every recv and send, two more
+    # system calls (and turns of the GIL) per request. ConnectionWatch enforces the limits.
+    timeout = None
 
     def setup(self):
         super().setup()
@@ -2201,6 +2253,7 @@ class Server(http.server.ThreadingHTTPServer):
             return None
         try:
             secure.do_handshake()
+            secure.settimeout(None)  # from here on ConnectionWatch keeps the deadlines
             return secure
         except (OSError, ValueError) as error:
             log.debug("TLS handshake with %s failed: %s", client_address[0], error)
@@ -2237,7 +2290,7 @@ class Metrics:
     def __init__(self):
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[str, list] = {}  # route -> bucket counts, then sum, then count
+        self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
         self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
 
     def add(self, name: str, amount: int = 1) -> None:
@@ -2249,10 +2302,8 @@ class Metrics:
         with self._lock:
             key = (route, method, status)
             self.requests[key] = self.requests.get(key, 0) + 1
-            series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 2))
-            for index, bound in enumerate(self.BUCKETS):
-                if seconds <= bound:
-                    series[index] += 1
+            series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 3))
+            series[bisect.bisect_left(self.BUCKETS, seconds)] += 1  # the smallest le= that fits
             series[-2] += seconds
             series[-1] += 1
             self.totals["received_bytes"] += received
@@ -2271,8 +2322,8 @@ class Metrics:
                       "# TYPE oxsync_request_duration_seconds histogram"]
             for route, series in sorted(self.latency.items()):
                 name = f'oxsync_request_duration_seconds_bucket{{route="{label(route)}",le='
-                lines += [f'{name}"{bound}"}} {count}'
-                          for bound, count in zip(self.BUCKETS, series)]
+                lines += [f'{name}"{bound}"}} {count}' for bound, count
+                          in zip(self.BUCKETS, itertools.accumulate(series))]
                 lines += [f'{name}"+Inf"}} {series[-1]}',
                           f'oxsync_request_duration_seconds_sum{{route="{label(route)}"}} '
                           f'{series[-2]:.6f}',
@@ -2443,12 +2494,12 @@ def json_depth(value) -> int:
     return deepest
 
 
-def sync_access(request, db, namespace: str, permission: str):
+def sync_access(request, namespace: str, permission: str):
     """Authenticate and authorize a sync call -> the namespace's row (joined with the
     token's), or None when the namespace does not exist yet."""
     try:
-        token = authenticate(db, token_from_header(request.headers.get("Authorization")),
-                             namespace)
+        token = authenticate(request.app.store,
+                             token_from_header(request.headers.get("Authorization")), namespace)
     except HTTPError:
         request.app.metrics.add("auth_failures")
         raise
@@ -2458,11 +2509,6 @@ def sync_access(request, db, namespace: str, permission: str):
     version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
     request.app.usage.record(token["id"], namespace, request.client_ip(), version)
     return row
-
-
-def authorize_write(request, namespace: str) -> None:
-    with request.app.store.read() as db:
-        sync_access(request, db, namespace, "write")
 
 
 def request_conditions(request) -> list[tuple[frozenset | str, bool]]:
@@ -2552,8 +2598,7 @@ def request_content_type(request) -> str | None:
 
 @route("GET", "/v1/namespaces/{ns}/metadata")
 def get_metadata(request, ns):
-    with request.app.store.read() as db:
-        row = sync_access(request, db, ns, "read")
+    row = sync_access(request, ns, "read")
     if row is None or row["metadata"] is None:
         return Response(200, EMPTY_METADATA, content_type="application/json")
     etag = row["etag"]
@@ -2564,7 +2609,7 @@ def get_metadata(request, ns):
 @route("PUT", "/v1/namespaces/{ns}/metadata")
 def put_metadata(request, ns):
     app = request.app
-    authorize_write(request, ns)
+    sync_access(request, ns, "write")
     conditions = request_conditions(request)
     manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
                                  "metadata")
@@ -2612,24 +2657,26 @@ def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: st
 
 @route("GET", "/v1/namespaces/{ns}/blob")
 def get_blob(request, ns):
-    with request.app.store.read(snapshot=True) as db:
-        row = sync_access(request, db, ns, "read")
-        blob = db.execute("SELECT b.payload_id, p.key_id FROM blobs b JOIN payloads p "
-                          "ON p.id = b.payload_id WHERE b.namespace = ?", (ns,)).fetchone()
+    sync_access(request, ns, "read")
+    with request.app.store.read(snapshot=True) as db:  # the etag of exactly these bytes
+        blob = db.execute("SELECT b.payload_id, p.key_id, n.etag FROM blobs b "
+                          "JOIN payloads p ON p.id = b.payload_id "
+                          "JOIN namespaces n ON n.name = b.namespace WHERE b.namespace = ?",
+                          (ns,)).fetchone()
         if blob is None:
             raise HTTPError(404, f"namespace '{ns}' has no snapshot yet")
-        cached = not_modified(request, row["etag"])
+        cached = not_modified(request, blob["etag"])
         if cached:
             return cached
         stored = read_payload(db, blob["payload_id"])
     data = open_payload(request, stored, blob["key_id"], ns, "blob")
-    return Response(200, data, [("ETag", quote_etag(row["etag"]))], SNAPSHOT_TYPE)
+    return Response(200, data, [("ETag", quote_etag(blob["etag"]))], SNAPSHOT_TYPE)
 
 
 @route("PUT", "/v1/namespaces/{ns}/blob")
 def put_blob(request, ns):
     app = request.app
-    authorize_write(request, ns)
+    sync_access(request, ns, "write")
     conditions = request_conditions(request)
     revision = request.header("X-OxideTerm-Revision")
     if not revision:
@@ -2672,8 +2719,8 @@ def put_blob(request, ns):
 
 @route("GET", "/v1/namespaces/{ns}/objects/{path*}")
 def get_object(request, ns, path):
+    sync_access(request, ns, "read")
     with request.app.store.read(snapshot=True) as db:
-        sync_access(request, db, ns, "read")
         row = db.execute("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
                          "FROM objects o JOIN payloads p ON p.id = o.payload_id "
                          "WHERE o.namespace = ? AND o.path = ?", (ns, path)).fetchone()
@@ -2693,7 +2740,7 @@ def get_object(request, ns, path):
 @route("PUT", "/v1/namespaces/{ns}/objects/{path*}")
 def put_object(request, ns, path):
     app = request.app
-    authorize_write(request, ns)
+    sync_access(request, ns, "write")
     conditions = request_conditions(request)
     content_type = request_content_type(request)
     body = request.read_body(app.config.max_object_size, "object", stored=True)
@@ -3634,13 +3681,34 @@ def openapi(request):
 # 9. CLI: serve, and the operator commands (safe while the server runs)
 # ---------------------------------------------------------------------------
 
-class JsonLogFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """Text lines ('2026-12-02 08:05:21,123 INFO    oxsync: ...') or JSON lines. line()
+    also formats access entries, which never become LogRecords (see LogWriter)."""
+
+    def __init__(self, style: str = "text"):
+        super().__init__()
+        self.json_lines = style == "json"
+        self._second = [None, ""]  # the last second formatted, and its text
+
     def format(self, record):
-        line = {"time": rfc3339(record.created), "level": record.levelname.lower(),
-                "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.levelno, record.name, record.getMessage(),
+                         exception)
+
+    def line(self, created: float, level: int, name: str, message: str,
+             exception: str | None = None) -> str:
+        level_name = logging.getLevelName(level)
+        if self.json_lines:
+            fields = {"time": rfc3339(created), "level": level_name.lower(), "logger": name,
+                      "message": message}
+            if exception:
+                fields["exception"] = exception
+            return json.dumps(fields, ensure_ascii=False)
+        second = int(created)
+        if self._second[0] != second:  # strftime once a second, not once a line
+            self._second = [second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))]
+        line = f"{self._second[1]},{int(created % 1 * 1000):03d} {level_name:<7} {name}: {message}"
+        return f"{line}\n{exception}" if exception else line
 
 
 class RecordQueue(logging.handlers.QueueHandler):
@@ -3654,7 +3722,11 @@ class RecordQueue(logging.handlers.QueueHandler):
 
 class LogWriter(threading.Thread):
     """Formats queued records and writes whatever arrived together in one write: one
-    system call for many access lines instead of one (plus a flush) each."""
+    system call for many access lines instead of one (plus a flush) each. It waits
+    PAUSE seconds after the first line of a batch, so a busy server wakes it a few
+    times a second, not once per request (each wake-up is a turn of the GIL)."""
+
+    PAUSE = 0.05
 
     def __init__(self, records: queue.SimpleQueue, handler: logging.StreamHandler):
         super().__init__(daemon=True, name="log-writer")
@@ -3665,22 +3737,20 @@ class LogWriter(threading.Thread):
         LogRecord (that costs more than the rest of the line's work)."""
         self.records.put((level, time.time(), message, args))
 
-    @staticmethod
-    def record(item) -> logging.LogRecord:
+    def line(self, item) -> str:
         if not isinstance(item, tuple):
-            return item
+            return self.handler.format(item)
         level, created, message, args = item
-        record = logging.LogRecord(access_log.name, level, __file__, 0, message, args, None)
-        record.created, record.msecs = created, (created % 1) * 1000
-        return record
+        return self.handler.formatter.line(created, level, access_log.name, message % args)
 
     def run(self):
         while True:
             batch = [self.records.get()]
+            time.sleep(self.PAUSE)
             with contextlib.suppress(queue.Empty):
-                while len(batch) < 1000:
+                while len(batch) < 10000:
                     batch.append(self.records.get_nowait())
-            lines = [self.handler.format(self.record(item)) for item in batch if item is not None]
+            lines = [self.line(item) for item in batch if item is not None]
             if lines:
                 with contextlib.suppress(OSError, ValueError):
                     self.handler.stream.write("\n".join(lines) + "\n")
@@ -3699,8 +3769,7 @@ def configure_logging(level: str = "INFO", style: str = "text",
     """Log lines to stderr. With `background`, request threads only put records on a
     queue and one thread writes them, so a busy server never queues on the stderr lock."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if style == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(LineFormatter(style))
     root_logger = logging.getLogger()
     root_logger.setLevel(level)
     # No caller, thread or process lookups per record: the lines never show them

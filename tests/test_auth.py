@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import sqlite3
 import time
 import uuid
 from datetime import datetime, timezone
@@ -194,6 +196,32 @@ def test_disable_enable_delete_take_effect_at_once(shared):
     assert get(shared, namespace, "Bearer " + token).status == 200
     shared.cli("token", "delete", token_id)
     assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "unknown")
+
+
+def test_a_change_by_any_process_is_seen_by_the_next_request(shared):
+    """The server keeps token lookups between requests until the database changes; a
+    change made by another program (here plain sqlite3, not oxsync) must count at once."""
+    token = shared.create_token(name="edited-elsewhere")
+    token_id = shared.token_id("edited-elsewhere")
+    namespace = unique_ns()
+    assert get(shared, namespace, "Bearer " + token, method="PUT").status == 200
+
+    def edit(sql, *params):
+        with contextlib.closing(sqlite3.connect(shared.db_path, timeout=30)) as db, db:
+            db.execute(sql, params)
+
+    for _ in range(3):  # each time from a cache filled by the request before
+        assert get(shared, namespace, "Bearer " + token).status == 200
+        edit("UPDATE tokens SET enabled = 0 WHERE id = ?", token_id)
+        assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "disabled")
+        edit("UPDATE tokens SET enabled = 1 WHERE id = ?", token_id)
+        assert get(shared, namespace, "Bearer " + token).status == 200
+        edit("UPDATE namespaces SET deleted_at = 1 WHERE name = ?", namespace)
+        assert_error(get(shared, namespace, "Bearer " + token), 410, "namespace_deleted")
+        edit("UPDATE namespaces SET deleted_at = NULL WHERE name = ?", namespace)
+    edit("UPDATE namespaces SET metadata = ? WHERE name = ?",
+         '{"exists":true,"revision":"from-elsewhere"}', namespace)
+    assert get(shared, namespace, "Bearer " + token).json["revision"] == "from-elsewhere"
 
 
 def test_token_expires_while_in_use(shared):
