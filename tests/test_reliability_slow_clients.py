@@ -4,7 +4,9 @@ extra connections get a quick 503 with Retry-After instead of a reset or a hang.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
+import socket
 import threading
 import time
 
@@ -254,3 +256,95 @@ def test_a_flood_past_the_limit_does_not_stall_other_clients(full_server):
         for sock in silent:
             sock.close()
     assert_quick_503(exchange, bound=2.0)
+
+
+# -- turns: past 32 open connections, quick requests are served in arrival order ---------
+
+def open_idle_connections(server, count: int) -> list:
+    """Keep-alive connections that said one thing and wait: enough to make the server take
+    turns (it does past 32 open connections)."""
+    idle = [raw_connect(server.port) for _ in range(count)]
+    for sock in idle:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_until_done(sock, expect=1).answers[0].status == 200
+    return idle
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_the_others(make_server):
+    """In turn, an answer is sent only as far as the socket takes it at once; the rest
+    goes out after the turn is passed on. A client that pipelines GETs and never reads
+    its answers must not stall everyone else's GETs until its request times out."""
+    raise_nofile(4096)
+    server = make_server(env={"REQUEST_TIMEOUT_SECONDS": "60"})
+    token = server.create_token()
+    manifest = {"revision": "big", "padding": "x" * 60_000}  # an answer just under 64 KiB
+    assert server.request("PUT", ns_path(NS, "metadata"), body=manifest,
+                          token=token).status == 200
+    idle = open_idle_connections(server, 40)
+
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", server.port))
+    request = (f"GET {ns_path(NS, 'metadata')} HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n").encode()
+    stuck.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(400):  # ~24 MB of answers it never reads
+            stuck.send(request)
+    time.sleep(1)  # by now the server's thread for it cannot send any more
+
+    conn = server.connect(timeout=30)
+    started = time.monotonic()
+    for _ in range(20):
+        answer = server.request("GET", ns_path(NS, "metadata"), token=token, connection=conn)
+        assert answer.status == 200 and answer.json["revision"] == "big"
+    took = time.monotonic() - started
+    assert took < 10, f"20 GETs took {took:.1f} s beside a client that does not read"
+    assert server.request("GET", "/health").status == 200
+    conn.close()
+    stuck.close()
+    for sock in idle:
+        sock.close()
+
+
+def test_many_connections_taking_turns_all_get_the_right_answers(make_server):
+    """48 connections, each mixing quick GETs (in turn) with object PUTs and GETs and
+    blob uploads (out of turn): every answer is the right one."""
+    raise_nofile(4096)
+    server = make_server()
+    token = server.create_token()
+    failures, lock = [], threading.Lock()
+
+    def client(number):
+        ns = f"turns/{number}"
+        conn = server.connect(timeout=60)
+        try:
+            for round_ in range(15):
+                data = f"object {number}.{round_}".encode() * 50
+                path = object_path(ns, f"structured/c/{round_}.json")
+                put = server.request("PUT", path, body=data, token=token, connection=conn)
+                got = server.request("GET", path, token=token, connection=conn)
+                manifest = {"revision": f"r{round_}", "client": number}
+                meta_put = server.request("PUT", ns_path(ns, "metadata"), body=manifest,
+                                          token=token, connection=conn)
+                meta = server.request("GET", ns_path(ns, "metadata"), token=token,
+                                      connection=conn)
+                ok = (put.status in (200, 201) and got.status == 200 and got.body == data
+                      and meta_put.status == 200 and meta.status == 200
+                      and meta.json["revision"] == f"r{round_}"
+                      and meta.json["client"] == number
+                      and meta.json["etag"] == meta_put.json["etag"])
+                if not ok:
+                    with lock:
+                        failures.append((number, round_, put, got, meta_put, meta))
+                    return
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures[:3]
