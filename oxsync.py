@@ -1687,6 +1687,7 @@ class Router:
 
     def __init__(self):
         self.routes: dict[str, list[Route]] = {}  # by first path segment
+        self._matched: dict[str, tuple[Route, dict]] = {}  # raw path -> its last match
 
     def route(self, method: str, template: str, quick: bool = False):
         """quick: the handler neither blocks nor reads a body, so it may run in turn."""
@@ -1703,9 +1704,17 @@ class Router:
         return register
 
     def match(self, raw_path: str) -> tuple[Route, dict]:
+        """-> the route and its decoded parameters. Clients ask for the same few paths
+        over and over, so matches are remembered (up to MATCHES_KEPT paths)."""
+        matched = self._matched.get(raw_path)
+        if matched is not None:
+            return matched
         for route in self.routes.get(raw_path[1:].partition("/")[0], ()):
             params = route.params(raw_path)
             if params is not None:
+                if len(self._matched) >= MATCHES_KEPT:
+                    self._matched.clear()
+                self._matched[raw_path] = route, params
                 return route, params
         if raw_path.startswith("/admin"):
             raise HTTPError(404, f"no such admin endpoint {raw_path[:200]!r}; the admin API "
@@ -1718,6 +1727,7 @@ class Router:
                              f"/v1/namespaces/{{namespace}}/{hint}")
 
 
+MATCHES_KEPT = 1024
 ROUTER = Router()
 route = ROUTER.route
 
@@ -1843,6 +1853,9 @@ class Headers:
         return name.lower() in self._index
 
 
+NO_HEADERS = Headers([])  # until a request's own have been read
+
+
 class RequestHandler(http.server.BaseHTTPRequestHandler):
     """One connection: reads requests, frames bodies, writes answers in one send."""
 
@@ -1910,7 +1923,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def answer_one_request(self) -> None:
         self.requests_served += 1
-        self.command, self.path, self.headers = None, "", Headers([])
+        self.command, self.path, self.headers = None, "", NO_HEADERS
         try:
             complete = self.read_request_head()
         except ClientGone:
