@@ -681,6 +681,12 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# LOCK_FREE: a request thread takes no threading.Lock for bookkeeping (the reader pool,
+# connection deadlines, token use, metrics). When the GIL is taken from a thread that
+# holds such a lock, every other request thread queues behind it until that thread gets
+# the GIL back: with 16 busy connections those locks cost more than the rest of a GET
+# (13.7k GET/s with them, 17-19k without). Appending to or popping from a list or deque,
+# and setting or dropping a dict key, are atomic, so these structures use only those.
 MAX_READERS = 256  # idle reader connections kept; one per concurrent request is needed
 WAL_RESTART_FRAMES = 4096  # pages (16 MiB of 4 KiB pages); see Store.__init__
 CACHED_READS = 256  # results of Store.cached() kept (each at most a namespace's metadata)
@@ -718,7 +724,6 @@ class Store:
                              f"{error.strerror}; choose another --db-path") from None
         self._write_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
         self._writer = self._connect()
         self._migrate()
         self._wal_file, self._wal_index = self._map_wal_index() if serving else (None, None)
@@ -819,9 +824,10 @@ class Store:
     def read(self, snapshot: bool = False):
         """A reader connection; with `snapshot`, its statements share one read transaction
         (needed when a row is looked up and its payload read in separate steps)."""
-        with self._readers_lock:
-            db = self._readers.pop() if self._readers else None
-        db = db or self._connect(reader=True)
+        try:
+            db = self._readers.pop()  # list pop and append are atomic: no lock (LOCK_FREE)
+        except IndexError:
+            db = self._connect(reader=True)
         try:
             if snapshot:
                 db.execute("BEGIN")
@@ -831,11 +837,9 @@ class Store:
                 if db.in_transaction:
                     db.execute("COMMIT")
         finally:
-            with self._readers_lock:
-                if len(self._readers) < MAX_READERS:
-                    self._readers.append(db)
-                    db = None
-            if db:
+            if len(self._readers) < MAX_READERS:
+                self._readers.append(db)
+            else:
                 db.close()
 
     @contextlib.contextmanager
@@ -896,10 +900,9 @@ class Store:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
-        with self._readers_lock:
-            for db in self._readers:
-                db.close()
-            self._readers.clear()
+        readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
         with self._write_lock:
             self._writer.close()
         wal_index, self._wal_index = self._wal_index, None
@@ -1595,20 +1598,26 @@ def authorize(token, namespace: str, namespace_row, permission: str) -> None:
 
 
 class UsageCounter:
-    """Token use counted in memory and written in batches, so reads stay reads."""
+    """Token use counted in memory and written in batches, so reads stay reads. A request
+    only appends to a deque (no lock to wait on, see LOCK_FREE); collect() adds up."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._pending: dict[str, list] = {}
+        self._lock = threading.Lock()  # for whoever adds up; requests only append
+        self._uses: collections.deque = collections.deque()
+        self._pending: dict[str, list] = {}  # token id -> [count, time, namespace, ip, version]
 
     def record(self, token_id: str, namespace: str, ip: str, client_version: str | None):
-        with self._lock:
-            entry = self._pending.get(token_id)
-            count = entry[0] if entry else 0
-            version = client_version or (entry[4] if entry else None)
-            self._pending[token_id] = [count + 1, time.time(), namespace, ip, version]
+        self._uses.append((token_id, time.time(), namespace, ip, client_version))
+
+    def collect(self) -> None:
+        with self._lock, contextlib.suppress(IndexError):
+            while True:
+                token_id, when, namespace, ip, version = self._uses.popleft()
+                count, _, _, _, last_version = self._pending.get(token_id, (0, 0, "", "", None))
+                self._pending[token_id] = [count + 1, when, namespace, ip, version or last_version]
 
     def flush(self, store: Store) -> None:
+        self.collect()
         with self._lock:
             pending, self._pending = self._pending, {}
         if pending:
@@ -1744,35 +1753,32 @@ class ConnectionWatch:
     A connection waiting for its next request may idle for IDLE_TIMEOUT. Once a
     request starts, its headers and body must arrive in time: a client that
     stalls or dribbles (slowloris) is cut off instead of holding a thread.
+
+    No lock on the request path (see LOCK_FREE): setting or dropping one key of a dict
+    is atomic, and the sweeper works on a copy.
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
         self._deadlines: dict[socket.socket, tuple[float, bool]] = {}
 
     def expect(self, sock: socket.socket, seconds: float, idle: bool = False) -> None:
-        with self._lock:
-            self._deadlines[sock] = (time.monotonic() + seconds, idle)
+        self._deadlines[sock] = (time.monotonic() + seconds, idle)
 
     def forget(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(sock, None)
+        self._deadlines.pop(sock, None)
 
     def open_connections(self) -> int:
         return len(self._deadlines)
 
     def busy(self) -> int:
-        with self._lock:
-            return sum(not idle for _, idle in self._deadlines.values())
+        return sum(not idle for _, idle in list(self._deadlines.values()))
 
     def sweep(self, idle_too: bool = False) -> None:
         now = time.monotonic()
-        with self._lock:
-            overdue = [sock for sock, (deadline, idle) in self._deadlines.items()
-                       if deadline <= now or (idle_too and idle)]
-            for sock in overdue:
-                del self._deadlines[sock]
+        overdue = [sock for sock, (deadline, idle) in list(self._deadlines.items())
+                   if deadline <= now or (idle_too and idle)]
         for sock in overdue:
+            self._deadlines.pop(sock, None)
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)  # plain shutdown, TLS or not
 
@@ -1828,6 +1834,7 @@ def date_header() -> str:
 
 CONTROL_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HTTP_VERSION = re.compile(r"HTTP/\d\.\d")
 HEADER_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00-\x08\x0a-\x1f\x7f]*)")
 MAX_HEADER_FIELDS, MAX_LINE = 100, 64 * 1024
 
@@ -1963,9 +1970,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if len(words) != 3 or not METHOD.fullmatch(words[0]):
             raise HTTPError(400, "malformed request line; expected 'METHOD /path HTTP/1.1'")
         self.command, self.path, self.request_version = words
-        if not re.fullmatch(r"HTTP/\d\.\d", self.request_version):
-            raise HTTPError(400, f"malformed HTTP version {self.request_version[:20]!r}")
-        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+        if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
+            if not HTTP_VERSION.fullmatch(self.request_version):
+                raise HTTPError(400, f"malformed HTTP version {self.request_version[:20]!r}")
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are served")
         self.headers = Headers(self.read_header_fields())
         connection = (self.headers.get("Connection") or "").lower()
@@ -2388,28 +2395,41 @@ class Metrics:
     BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for whoever sums up; requests only append
+        self._pending: collections.deque = collections.deque()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
         self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
 
     def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self.totals[name] += amount
+        self._pending.append((name, amount))
 
     def observe(self, route: str, method: str, status: int, seconds: float,
                 received: int, sent: int) -> None:
-        with self._lock:
-            key = (route, method, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 3))
-            series[bisect.bisect_left(self.BUCKETS, seconds)] += 1  # the smallest le= that fits
-            series[-2] += seconds
-            series[-1] += 1
-            self.totals["received_bytes"] += received
-            self.totals["sent_bytes"] += sent
+        """Noted now (an atomic append, see LOCK_FREE), summed up by collect()."""
+        self._pending.append((route, method, status, seconds, received, sent))
+
+    def collect(self) -> None:
+        """Add up what requests noted; the housekeeping thread calls it twice a second."""
+        with self._lock, contextlib.suppress(IndexError):
+            while True:
+                item = self._pending.popleft()
+                if len(item) == 2:
+                    self.totals[item[0]] += item[1]
+                    continue
+                route, method, status, seconds, received, sent = item
+                key = (route, method, status)
+                self.requests[key] = self.requests.get(key, 0) + 1
+                series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 3))
+                series[bisect.bisect_left(self.BUCKETS, seconds)] += 1  # smallest le= that fits
+                series[-2] += seconds
+                series[-1] += 1
+                self.totals["received_bytes"] += received
+                self.totals["sent_bytes"] += sent
 
     def render(self, gauges: dict[str, float]) -> str:
+        self.collect()
+
         def label(value) -> str:
             return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         lines = ["# TYPE oxsync_build_info gauge", f'oxsync_build_info{{version="{VERSION}"}} 1',
@@ -3891,13 +3911,16 @@ GC_INTERVAL = 3600
 
 
 def housekeeping(app: App, stop: threading.Event) -> None:
-    """Twice a second: cut overdue connections and checkpoint the WAL. Every 5 seconds:
-    write token usage. Every hour (first a minute after startup): apply object retention.
-    Within a minute: pick up a renewed TLS certificate."""
+    """Twice a second: cut overdue connections, add up metrics and token use, and
+    checkpoint the WAL.
+    Every 5 seconds: write token usage. Every hour (first a minute after startup): apply
+    object retention. Within a minute: pick up a renewed TLS certificate."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
         app.watch.sweep()
+        app.metrics.collect()
+        app.usage.collect()
         now = time.monotonic()
         if app.certificate and now >= next_certificate_check:
             next_certificate_check = now + 60
