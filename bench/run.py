@@ -449,6 +449,16 @@ def render(report: dict) -> str:
     out += markdown_table(["target", "measured", "result"],
                           [list(c) for c in evaluate_targets(report)])
     out += [""]
+    if report.get("paired"):
+        out += ["## Interleaved runs for the ratio targets", "",
+                "Both servers up at once, driven in turns at 16 connections "
+                f"({report['paired'][0]['duration']} s per run); see bench/README.md.", ""]
+        out += markdown_table(
+            ["workload", "server", "rate per run", "median", "ratio of medians"],
+            [[p["workload"], name, ", ".join(f"{r:,.0f}" for r in p["rates"][name]),
+              f"{p['medians'][name]:,.0f}", f"{p['ratio']:.2f}" if name == "oxsync" else ""]
+             for p in report["paired"] for name in p["servers"]])
+        out += [""]
 
     servers = report["servers"]
     for workload, title in WORKLOADS.items():
