@@ -704,8 +704,8 @@ class Store:
     Python lock instead of SQLite's sleeping busy handler, so concurrent
     uploads are served in arrival order without latency spikes; other
     processes (the CLI) still wait on SQLite's busy timeout. The server's store
-    (`serving`) moves WAL checkpoints off the request path (its housekeeping thread
-    calls checkpoint()) and can cache reads (cached()).
+    (`serving`) moves most WAL checkpoints off the request path (its housekeeping
+    thread calls checkpoint()) and can cache reads (cached()).
     """
 
     def __init__(self, path: str, serving: bool = False):
