@@ -61,11 +61,12 @@ def parse_frame(frame: str) -> tuple[str, str, str]:
 
 
 # Leaf frames of a thread that is waiting, not working: the housekeeping thread's timer,
-# the accept loop, and a keep-alive connection waiting for its next request. py-spy's own
+# the accept loop, the log writer between batches (its formatting shows as
+# LogWriter.line), and a keep-alive connection waiting for its next request. py-spy's own
 # idle detection misses some of them on a busy machine (a thread just woken counts as
 # running).
 WAITING = ("Condition.wait", "Event.wait", "_PollLikeSelector.select", "EpollSelector.select",
-           "socket.accept")
+           "socket.accept", "LogWriter.run")
 
 
 def is_waiting(names: list[str]) -> bool:
