@@ -1845,10 +1845,10 @@ STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}" for sta
 class Headers:
     """Request header fields: case-insensitive names, repeatable fields, first value wins."""
 
-    __slots__ = ("_fields", "_index")
+    __slots__ = ("_index",)
 
     def __init__(self, fields: list[tuple[str, str]]):
-        self._fields, self._index = fields, {}
+        self._index: dict[str, list[str]] = {}
         for name, value in fields:
             self._index.setdefault(name.lower(), []).append(value)
 
@@ -1858,9 +1858,6 @@ class Headers:
 
     def get_all(self, name: str) -> list[str] | None:
         return self._index.get(name.lower())
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
 
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._index
@@ -2127,7 +2124,6 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.chunked or self.body_length > SMALL_BODY or self.close_connection:
             self.close_connection = True
             return
-        self.leave_turn()  # the body may be slow to come
         try:
             self._read_exact(self.body_length)
             self.body_read = True
@@ -2141,13 +2137,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.token_id, route = None, None
         try:
             self.check_framing()
+            if self.body_length or self.chunked:
+                self.leave_turn()  # a body may be slow to come
             route, params = ROUTER.match(self.path.split("?", 1)[0])
             method = "GET" if self.command == "HEAD" else self.command
             handler = route.methods.get(method)
             if handler is None and self.command == "OPTIONS" and route.cors:
                 handler = cors_preflight
-            if self.body_length or self.chunked or (handler is not cors_preflight
-                                                    and method not in route.quick):
+            if handler is not cors_preflight and method not in route.quick:
                 self.leave_turn()
             if handler is None:
                 allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods
@@ -2395,14 +2392,16 @@ class Metrics:
     BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self):
-        self._lock = threading.Lock()  # for whoever sums up; requests only append
+        self._lock = threading.Lock()  # for whoever adds up; requests only append
         self._pending: collections.deque = collections.deque()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
         self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
 
     def add(self, name: str, amount: int = 1) -> None:
-        self._pending.append((name, amount))
+        """For rare events (conflicts, failed authentication), so a lock is fine here."""
+        with self._lock:
+            self.totals[name] += amount
 
     def observe(self, route: str, method: str, status: int, seconds: float,
                 received: int, sent: int) -> None:
@@ -2413,11 +2412,7 @@ class Metrics:
         """Add up what requests noted; the housekeeping thread calls it twice a second."""
         with self._lock, contextlib.suppress(IndexError):
             while True:
-                item = self._pending.popleft()
-                if len(item) == 2:
-                    self.totals[item[0]] += item[1]
-                    continue
-                route, method, status, seconds, received, sent = item
+                route, method, status, seconds, received, sent = self._pending.popleft()
                 key = (route, method, status)
                 self.requests[key] = self.requests.get(key, 0) + 1
                 series = self.latency.setdefault(route, [0] * (len(self.BUCKETS) + 3))
@@ -3912,9 +3907,9 @@ GC_INTERVAL = 3600
 
 def housekeeping(app: App, stop: threading.Event) -> None:
     """Twice a second: cut overdue connections, add up metrics and token use, and
-    checkpoint the WAL.
-    Every 5 seconds: write token usage. Every hour (first a minute after startup): apply
-    object retention. Within a minute: pick up a renewed TLS certificate."""
+    checkpoint the WAL. Every 5 seconds: write token usage. Every hour (first a minute
+    after startup): apply object retention. Within a minute: pick up a renewed TLS
+    certificate."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
