@@ -176,6 +176,11 @@ MiB = 1024 * 1024
 
 # -- the database file ----------------------------------------------------------
 
+def key_id(key_hex: str) -> str:
+    """The id oxsync gives an encryption key (what payloads and settings record)."""
+    return hashlib.sha256(b"oxsync key id\0" + bytes.fromhex(key_hex)).hexdigest()[:16]
+
+
 def db_connect(path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), timeout=30)
     db.execute("PRAGMA busy_timeout = 30000")

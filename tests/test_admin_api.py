@@ -508,7 +508,7 @@ def test_secure_cookies_only_when_the_request_is_known_to_be_https(shared, proxi
 def test_base_path_sets_cookie_path_and_hostile_ones_are_dropped(shared):
     client = AdminClient(shared)
     answer = client.login(basePath="/sync")
-    for value, attrs in cookies_of(answer).values():
+    for _, attrs in cookies_of(answer).values():
         assert attrs["path"] == "/sync/admin"
     assert claims_of(client.session)["path"] == "/sync/admin"
     logout = client.post("/admin/api/logout")
@@ -518,7 +518,7 @@ def test_base_path_sets_cookie_path_and_hostile_ones_are_dropped(shared):
     for hostile in ("/x; Domain=evil.example", "/a\r\nSet-Cookie: stolen=1", "javascript:1"):
         answer = AdminClient(shared).login(basePath=hostile)
         assert len(answer.headers.get_all("Set-Cookie")) == 2
-        for value, attrs in cookies_of(answer).values():
+        for _, attrs in cookies_of(answer).values():
             assert attrs["path"] == "/admin" and "domain" not in attrs, attrs
     expect_error(AdminClient(shared).login(basePath=5, expect=400), 400, "basePath")
 

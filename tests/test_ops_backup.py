@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 
-
 from conftest import OXSYNC, ns_path, object_path
 
 NS = "backup/live"

@@ -9,7 +9,6 @@ batches and resume after a kill -9.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -19,16 +18,13 @@ import time
 
 import pytest
 
+from _reliability import key_id
 from conftest import OXSYNC, TEST_KEY, free_port, ns_path, object_path
 
 KEY_1, KEY_2, KEY_3 = TEST_KEY, "22" * 32, "33" * 32
 NS = "keys/team"
 PAYLOAD_TABLES = ("blobs", "blob_versions", "objects")  # the rows that own a payload
 KiB = 1024
-
-
-def key_id(key_hex: str) -> str:
-    return hashlib.sha256(b"oxsync key id\0" + bytes.fromhex(key_hex)).hexdigest()[:16]
 
 
 # -- helpers ---------------------------------------------------------------------------

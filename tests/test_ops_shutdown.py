@@ -8,30 +8,24 @@ import hashlib
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 
 import pytest
 
+from _reliability import MiB, integrity_check
 from conftest import ns_path
 
 NS = "shutdown/test"
-MiB = 1024 * 1024
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def integrity(db_path) -> str:
-    with contextlib.closing(sqlite3.connect(db_path)) as db:
-        return db.execute("PRAGMA integrity_check").fetchone()[0]
-
 
 def assert_checkpointed(server) -> None:
     wal = server.workdir / "sync.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0, \
         f"WAL left with {wal.stat().st_size} bytes: not checkpointed"
-    assert integrity(server.db_path) == "ok"
+    assert integrity_check(server.db_path) == "ok"
 
 
 def wait_exit(server, timeout: float) -> tuple[int | None, float]:

@@ -24,6 +24,7 @@ from _reliability import (
     MiB,
     db_open,
     integrity_check,
+    key_id,
     orphan_payloads,
     payload_source,
     raw_connect,
@@ -258,10 +259,6 @@ def command_exists(name: str) -> bool:
 
 GC_NAMESPACES = 40
 KEY_1, KEY_2 = TEST_KEY, "22" * 32
-
-
-def key_id(key_hex: str) -> str:
-    return hashlib.sha256(b"oxsync key id\0" + bytes.fromhex(key_hex)).hexdigest()[:16]
 
 
 def run_cli_and_kill_halfway(server, args, progress, tries=10):

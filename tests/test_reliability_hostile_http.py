@@ -168,10 +168,7 @@ def check_clean(server, exchange, allowed, case):
 
 def case_params():
     for name, case in CASES.items():
-        if hasattr(case, "marks"):   # already a pytest.param, with marks
-            yield pytest.param(*case.values, id=name, marks=case.marks)
-        else:
-            yield pytest.param(*case, id=name)
+        yield pytest.param(*case, id=name)
 
 
 @pytest.mark.parametrize("payload,allowed", case_params())

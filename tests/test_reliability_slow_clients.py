@@ -309,7 +309,7 @@ def test_a_client_that_stops_reading_does_not_hold_up_the_others(make_server):
 
 def test_many_connections_taking_turns_all_get_the_right_answers(make_server):
     """48 connections, each mixing quick GETs (in turn) with object PUTs and GETs and
-    blob uploads (out of turn): every answer is the right one."""
+    manifest PUTs (out of turn): every answer is the right one."""
     raise_nofile(4096)
     server = make_server()
     token = server.create_token()
