@@ -49,6 +49,7 @@ import re
 import secrets
 import shutil
 import signal
+import site
 import socket
 import sqlite3
 import ssl
@@ -2993,13 +2994,17 @@ def admin_exists(db) -> bool:
 
 
 def load_admin_page() -> bytes | None:
-    """admin.html beside this module, from a checkout or from inside the zipapp."""
+    """admin.html beside this module (a checkout, or inside the zipapp), else where
+    `pip install` puts it: share/oxsync/ under the environment or the user's base."""
     # No abspath: inside a zipapp the loader only knows the archive path as it was given.
     path = os.path.join(os.path.dirname(__file__), "admin.html")
-    with contextlib.suppress(OSError):
-        with open(path, "rb") as file:
-            return file.read()
     get_data = getattr(globals().get("__loader__"), "get_data", None)  # zipimporter
+    installed = [os.path.join(base, "share", "oxsync", "admin.html")
+                 for base in (sys.prefix, site.getuserbase())]
+    for candidate in [path] + installed:
+        with contextlib.suppress(OSError):
+            with open(candidate, "rb") as file:
+                return file.read()
     try:
         return get_data(path) if get_data else None
     except OSError:
