@@ -47,6 +47,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import shutil
 import signal
 import site
@@ -229,8 +230,23 @@ class Option:
         return self.flag.lstrip("-").replace("-", "_")
 
 
+def parse_database_url(value: str) -> str | None:
+    """Empty: the SQLite file at DB_PATH. Otherwise a PostgreSQL URL (libpq's own
+    query options such as ?sslmode=require pass through)."""
+    value = value.strip()
+    if not value:
+        return None
+    if not re.match(r"postgres(ql)?://", value):
+        raise ValueError("expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or leave "
+                         "it empty to use the SQLite file at DB_PATH)")
+    return value
+
+
 STORE_OPTIONS = [
     Option("DB_PATH", "--db-path", parse_path, "/data/sync.db", "SQLite database file"),
+    Option("DATABASE_URL", "--database-url", parse_database_url, "",
+           "a postgresql:// URL: use that PostgreSQL database instead of DB_PATH "
+           "(needs psycopg 3); its password is never shown"),
     Option("ENCRYPTION_KEY", "--encryption-key", parse_key, "",
            "64 hex characters; seals payloads at rest with ChaCha20-Poly1305"),
 ]
@@ -334,7 +350,7 @@ def resolve_options(args: argparse.Namespace, options: list[Option]) -> dict:
             settings[option.dest] = option.parse(raw)
         except ValueError as error:
             secret = any(word in option.env for word in ("KEY", "SECRET", "PASSWORD", "TOKEN"))
-            shown = "(hidden)" if secret else repr(raw)
+            shown = "(hidden)" if secret else repr(mask_url(raw))
             raise ConfigError(f"invalid {source} {shown}: {error}") from None
     return settings
 
@@ -342,6 +358,7 @@ def resolve_options(args: argparse.Namespace, options: list[Option]) -> dict:
 @dataclasses.dataclass
 class Config:
     db_path: str = "/data/sync.db"
+    database_url: str | None = None
     encryption_key: bytes | None = None
     listen: tuple[str, int] = ("0.0.0.0", 8730)
     admin_password: str = ""
@@ -554,10 +571,17 @@ class Sealer:
 
 
 # ---------------------------------------------------------------------------
-# 4. Storage: one SQLite file
+# 4. Storage: one store interface; a SQLite file or a PostgreSQL database
 # ---------------------------------------------------------------------------
+#
+# Everything above the storage section sees a Store and, inside a transaction, its
+# Records: every query oxsync runs is a Records method, written once for both
+# stores with '?' placeholders. The stores differ only in the classes at the end of
+# this section (SQLiteStore, PostgresStore): connecting, placeholders, payload bytes,
+# locking, schema versions, and how a change made elsewhere is noticed.
 
-# MIGRATIONS[n] upgrades a database from PRAGMA user_version n to n + 1.
+# MIGRATIONS[n] upgrades a database from schema version n to n + 1. The DDL is
+# SQLite's; PostgresStore.DDL_TYPES renames its few SQLite-only types.
 MIGRATIONS = [
     """
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -666,11 +690,6 @@ MIGRATIONS = [
     ALTER TABLE blobs ADD COLUMN device_id TEXT;
     ALTER TABLE blobs ADD COLUMN section_revisions TEXT;
     ALTER TABLE blobs ADD COLUMN content_type TEXT;
-    UPDATE blobs SET (revision, device_id, section_revisions, content_type) = (
-        SELECT json_extract(metadata, '$.revision'), json_extract(metadata, '$.deviceId'),
-               json_extract(metadata, '$.sectionRevisions'),
-               json_extract(metadata, '$.contentType')
-        FROM namespaces WHERE name = blobs.namespace);
     """,
     """
     CREATE TABLE ended_sessions (   -- admin sessions logged out before their expiry
@@ -680,391 +699,493 @@ MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-# LOCK_FREE: a request thread takes no threading.Lock for bookkeeping (the reader pool,
-# connection deadlines, token use, metrics). When the GIL is taken from a thread that
-# holds such a lock, every other request thread queues behind it until that thread gets
-# the GIL back: with 16 busy connections those locks cost more than the rest of a GET
-# (13.7k GET/s with them, 17-19k without). Appending to or popping from a list or deque,
-# and setting or dropping a dict key, are atomic, so these structures use only those.
-MAX_READERS = 256  # idle reader connections kept; one per concurrent request is needed
-WAL_RESTART_FRAMES = 4096  # pages (16 MiB of 4 KiB pages); see Store.__init__
-CACHED_READS = 256  # results of Store.cached() kept (each at most a namespace's metadata)
-WAL_INDEX_HEADER = 48  # bytes; https://sqlite.org/walformat.html, "The WAL-Index Header"
+# Every table, parents first (copy-store writes them in this order), with its key.
+TABLES = {"settings": "key", "namespaces": "name", "payloads": "id", "blobs": "namespace",
+          "blob_versions": "namespace, seq", "objects": "namespace, path",
+          "manifests": "namespace, seq", "tokens": "id", "conflicts": "id",
+          "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id"}
+PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
+BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
+BLOB_UPSERT = "ON CONFLICT (namespace) DO UPDATE SET " + ", ".join(
+    f"{column} = excluded.{column}" for column in ["updated_at"] + BLOB_COLUMNS.split(", "))
+KEEP_MANIFESTS = 32
+KEEP_CONFLICTS = 10000
 
 
 class StoreError(Exception):
     """The database cannot be opened or used; the message says what to do."""
 
 
-class Store:
-    """The SQLite file: a pool of reader connections and one writer behind a lock.
+class StoreUnavailable(StoreError):
+    """Nothing was stored, and trying again shortly may work (busy, or unreachable): 503."""
 
-    WAL mode lets readers run while one transaction writes. Writers queue on a
-    Python lock instead of SQLite's sleeping busy handler, so concurrent
-    uploads are served in arrival order without latency spikes; other
-    processes (the CLI) still wait on SQLite's busy timeout. The server's store
-    (`serving`) moves most WAL checkpoints off the request path (its housekeeping
-    thread calls checkpoint()) and can cache reads (cached()).
+
+class StoreFull(StoreError):
+    """The database's disk is full; nothing was stored: 507."""
+
+
+class Records:
+    """One transaction (or one reader) of a store: every query oxsync runs.
+
+    Rows answer by column name and by position, in both stores. Methods that
+    change a namespace's data expect lock_namespace() first, so that writers of
+    one namespace take turns (whichever process they run in).
     """
 
-    def __init__(self, path: str, serving: bool = False):
-        self.path = path
-        # A serving store checkpoints in the background, but a PASSIVE checkpoint never
-        # catches up with writers that never pause, and then the WAL never starts over:
-        # 12 s of 4 KiB PUTs grew it to 1.1 GB, and every read slowed as SQLite searched
-        # its index. So the commit that takes it past WAL_RESTART_FRAMES still finishes
-        # the job itself, with no writer of ours running, and the next write starts over.
-        self._autocheckpoint = WAL_RESTART_FRAMES if serving else 1000
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as error:
-            raise StoreError(f"cannot create the database folder {directory}: "
-                             f"{error.strerror}; choose another --db-path") from None
-        self._write_lock = threading.Lock()
-        self._readers: list[sqlite3.Connection] = []
-        self._writer = self._connect()
-        self._migrate()
-        self._wal_file, self._wal_index = self._map_wal_index() if serving else (None, None)
-        self._cache: dict = {}
+    def __init__(self, store: "Store", connection):
+        self.store, self.db = store, connection
 
-    def hold(self, exclusive: bool) -> None:
-        """An advisory lock on the file, held until exit: the server holds it shared, and
-        rotate-key and restore need it alone, so they refuse while a server runs."""
-        self._lock_file = open(self.path, "rb")
-        try:
-            fcntl.flock(self._lock_file, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                        | fcntl.LOCK_NB)
-        except OSError:
-            raise StoreError(f"a server is running on {self.path}; stop it first") from None
+    # -- plumbing ------------------------------------------------------------
 
-    def _map_wal_index(self):
-        """SQLite's WAL index, the "-shm" file that every connection of every process
-        shares (https://sqlite.org/walformat.html): its header is rewritten by every
-        commit that changes the database. -> (open file, read-only map of the header).
+    def run(self, sql: str, params=()):
+        return self.db.execute(self.store.sql(sql), params)
 
-        Both stay open until close(), after the connections: closing any descriptor of
-        a file drops every POSIX lock this process holds on it, SQLite's included, and
-        another process would then reset the file under our map (SIGBUS)."""
-        try:
-            file = open(self.path + "-shm", "rb")
-        except OSError:
-            return None, None  # then nothing is cached
-        try:
-            return file, mmap.mmap(file.fileno(), WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return file, None
+    def one(self, sql: str, params=()):
+        return self.run(sql, params).fetchone()
 
-    def cached(self, key, load):
-        """load(reader) -> a result, kept and reused until any process commits a change.
+    def all(self, sql: str, params=()) -> list:
+        return self.run(sql, params).fetchall()
 
-        Checking costs one memory read of the WAL index header. A statement would cost
-        far more under load than its own few microseconds: SQLite lets go of the GIL
-        while it runs, and getting the GIL back among many busy request threads is what
-        made a GET slow. None is never kept (an unknown token must not fill memory).
-        """
-        version = self._wal_index[:WAL_INDEX_HEADER] if self._wal_index else None
-        hit = self._cache.get(key)
-        if hit is not None and version is not None and hit[0] == version:
-            return hit[1]
-        with self.read() as db:
-            value = load(db)
-        if value is not None and version is not None:
-            if len(self._cache) >= CACHED_READS:
-                self._cache.clear()
-            self._cache[key] = (version, value)
-        return value
+    def value(self, sql: str, params=()):
+        row = self.one(sql, params)
+        return None if row is None else row[0]
 
-    def connect_plain(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    def many(self, sql: str, rows) -> None:
+        rows = list(rows)
+        if rows:
+            self.db.cursor().executemany(self.store.sql(sql), rows)
 
-    def _connect(self, reader: bool = False) -> sqlite3.Connection:
-        """A connection; the writer also sets the file's modes (readers inherit them)."""
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                 check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA busy_timeout = 30000")
-            if reader:
-                db.execute("PRAGMA cache_size = -1024")  # 1 MiB each; there may be many
-                return db
-            # Takes effect only on a new, empty file, and only before it switches to WAL.
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-                raise StoreError(f"{self.path}: SQLite could not switch to WAL mode")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
-            # FAST zeroes deleted rows inside pages at no extra I/O; purge, encrypt-existing
-            # and rotate-key switch to ON (see erasing()), which also zeroes freed pages.
-            db.execute("PRAGMA secure_delete = FAST")
-            db.execute("PRAGMA journal_size_limit = 67108864")
-            return db
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"cannot open the database {self.path}: {error}") from None
+    def lock(self, name: str) -> None:
+        """Hold the named lock until this transaction ends (see Store.lock_sql)."""
+        self.store.lock(self.db, name)
 
-    def _migrate(self) -> None:
-        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} was written by a newer oxsync (schema {version}, "
-                             f"this version knows {SCHEMA_VERSION}); upgrade oxsync")
-        for number in range(version, SCHEMA_VERSION):
-            try:
-                with self.write() as db:
-                    for statement in MIGRATIONS[number].split(";\n"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {number + 1}")
-            except sqlite3.Error as error:
-                raise StoreError(f"cannot upgrade {self.path} to schema {number + 1}: "
-                                 f"{error}") from None
-            log.info("database schema migrated to version %d", number + 1)
+    # -- settings ------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def read(self, snapshot: bool = False):
-        """A reader connection; with `snapshot`, its statements share one read transaction
-        (needed when a row is looked up and its payload read in separate steps)."""
-        try:
-            db = self._readers.pop()  # list pop and append are atomic: no lock (LOCK_FREE)
-        except IndexError:
-            db = self._connect(reader=True)
-        try:
-            if snapshot:
-                db.execute("BEGIN")
-            try:
-                yield db
-            finally:
-                if db.in_transaction:
-                    db.execute("COMMIT")
-        finally:
-            if len(self._readers) < MAX_READERS:
-                self._readers.append(db)
-            else:
-                db.close()
+    def setting(self, key: str) -> str | None:
+        return self.value("SELECT value FROM settings WHERE key = ?", (key,))
 
-    @contextlib.contextmanager
-    def write(self):
-        """The one write transaction (BEGIN IMMEDIATE); commits unless an exception escapes."""
-        with self._write_lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-
-    def is_writable(self) -> bool:
-        if not self._write_lock.acquire(timeout=2):
-            return False
-        try:
-            self._writer.execute("BEGIN IMMEDIATE")
-            self._writer.execute("ROLLBACK")
-            return os.access(self.path, os.W_OK)
-        except sqlite3.Error:
-            return False
-        finally:
-            self._write_lock.release()
-
-    def setting(self, db, key: str) -> str | None:
-        row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def file_bytes(self) -> int:
-        return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
-                   if os.path.exists(self.path + suffix))
-
-    def rewrite(self) -> None:
-        """VACUUM: rebuild the file, so no freed bytes of old payloads remain anywhere in it.
-        Writers wait meanwhile (seconds for a large database)."""
-        with self._write_lock:
-            self._writer.execute("VACUUM")
-            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def release_free_pages(self) -> None:
-        """Give pages freed by deletions back to the file system (auto_vacuum=INCREMENTAL)."""
-        with self._write_lock:
-            self._writer.execute("PRAGMA incremental_vacuum")
-
-    def checkpoint(self, final: bool = False) -> None:
-        """Copy the WAL into the database: PASSIVE (never waits for readers or the writer)
-        while serving, TRUNCATE at shutdown."""
-        if final:
-            with self._write_lock:
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.run("DELETE FROM settings WHERE key = ?", (key,))
         else:
-            with self.read() as db:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.run("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                     "DO UPDATE SET value = excluded.value", (key, value))
 
-    def close(self) -> None:
-        readers, self._readers = self._readers, []
-        for db in readers:
-            db.close()
-        with self._write_lock:
-            self._writer.close()
-        wal_index, self._wal_index = self._wal_index, None
-        for handle in (wal_index, self._wal_file):
-            if handle:
-                handle.close()
+    # -- namespaces ----------------------------------------------------------
+
+    def namespace(self, name: str):
+        return self.one("SELECT * FROM namespaces WHERE name = ?", (name,))
+
+    def lock_namespace(self, name: str, now: float | None = None):
+        """Take the namespace's write turn -> its row (created empty at `now` if it is new
+        and `now` is given), or None."""
+        self.lock(f"namespace {name}")
+        row = self.namespace(name)
+        if row is None and now is not None:
+            row = self.one("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
+                           "RETURNING *", (name, now))
+        return row
+
+    def create_namespace(self, name: str, now: float) -> bool:
+        """An empty namespace -> False when it exists already."""
+        return self.run("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO NOTHING", (name, now)).rowcount > 0
+
+    def live_namespaces(self) -> list[str]:
+        return [row[0] for row in self.all("SELECT name FROM namespaces "
+                                           "WHERE deleted_at IS NULL ORDER BY name")]
+
+    def namespace_views(self, name: str | None = None) -> list[dict]:
+        """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
+        where, params = ("WHERE n.name = ?", (name,)) if name is not None else ("", ())
+        rows = self.all(
+            "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
+            "CASE WHEN b.namespace IS NULL THEN 0 ELSE 1 END AS has_blob, "
+            "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects o WHERE o.namespace = n.name) "
+            "AS object_bytes, (SELECT count(*) FROM blob_versions v "
+            "WHERE v.namespace = n.name) AS history_count, "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions v "
+            "WHERE v.namespace = n.name) AS history_bytes, "
+            "(SELECT count(*) FROM manifests m WHERE m.namespace = n.name) AS version_count "
+            f"FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name {where} "
+            "ORDER BY n.name", params)
+        return [namespace_view(row) for row in rows]
+
+    def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
+        """Soft delete or restore -> False when there is no such namespace."""
+        return self.run("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
+                        (time.time() if deleted else None, name)).rowcount > 0
+
+    def save_metadata(self, namespace: str, metadata: dict, now: float) -> None:
+        self.run("UPDATE namespaces SET metadata = ?, etag = ?, updated_at = ? WHERE name = ?",
+                 (json_body(metadata).decode(), metadata["etag"], now, namespace))
+
+    def touch_namespace(self, namespace: str, now: float) -> None:
+        self.run("UPDATE namespaces SET updated_at = ? WHERE name = ?", (now, namespace))
+
+    def purge_namespace(self, name: str) -> int:
+        """Remove a namespace and everything in it -> bytes freed."""
+        owned = self.all(" UNION ALL ".join(f"SELECT payload_id, size FROM {table} "
+                                            "WHERE namespace = ?" for table in PAYLOAD_OWNERS),
+                         (name,) * len(PAYLOAD_OWNERS))
+        with self.store.erasing(self.db):
+            self.drop_payloads(row[0] for row in owned)
+        for table, column in (("objects", "namespace"), ("blobs", "namespace"),
+                              ("blob_versions", "namespace"), ("manifests", "namespace"),
+                              ("conflicts", "namespace"), ("namespaces", "name")):
+            self.run(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+        return sum(row[1] for row in owned)
+
+    # -- payloads: the stored (sealed) bytes of snapshots and objects ---------
+
+    def store_payload(self, stored, key_id: str | None, payload_id: int | None = None) -> int:
+        """Write a payload (new, or replacing `payload_id`) -> its id."""
+        return self.store.write_payload(self.db, stored, key_id, payload_id)
+
+    def read_payload(self, payload_id: int):
+        return self.store.read_payload(self.db, payload_id)
+
+    def drop_payloads(self, payload_ids) -> None:
+        self.many("DELETE FROM payloads WHERE id = ?", ((i,) for i in payload_ids))
+
+    def plaintext_payload_count(self) -> int:
+        return self.value("SELECT count(*) FROM payloads WHERE key_id IS NULL")
+
+    def payloads_sealed_with(self, table: str, key_id: str | None, limit: int) -> list:
+        """Payloads sealed with `key_id` (None: plaintext), with where they belong."""
+        path = "o.path" if table == "objects" else "''"
+        return self.all(f"SELECT p.id, o.namespace, {path} AS path, p.key_id FROM {table} o "
+                        "JOIN payloads p ON p.id = o.payload_id "
+                        "WHERE p.key_id IS NOT DISTINCT FROM ? LIMIT ?", (key_id, limit))
+
+    # -- snapshots (blobs) and objects ---------------------------------------
+
+    def blob(self, namespace: str):
+        """The snapshot's payload id, key id and the namespace's etag, or None."""
+        return self.one("SELECT b.payload_id, p.key_id, n.etag FROM blobs b "
+                        "JOIN payloads p ON p.id = b.payload_id "
+                        "JOIN namespaces n ON n.name = b.namespace WHERE b.namespace = ?",
+                        (namespace,))
+
+    def put_blob(self, namespace: str, now: float, payload_id: int, revision: str,
+                 device_id: str | None, section_revisions: str | None,
+                 content_type: str | None, size: int, digest: str) -> None:
+        self.run(f"INSERT INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
+                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {BLOB_UPSERT}",
+                 (namespace, now, payload_id, revision, device_id, section_revisions,
+                  content_type, size, digest))
+
+    def keep_blob_version(self, namespace: str, keep: int) -> None:
+        """Move the current snapshot into blob_versions (its payload stays where it is), or
+        drop it when no history is kept; versions beyond the newest `keep` are dropped."""
+        if keep <= 0:
+            self.run("DELETE FROM payloads WHERE id = (SELECT payload_id FROM blobs "
+                     "WHERE namespace = ?)", (namespace,))
+            return
+        kept = self.value(f"INSERT INTO blob_versions (namespace, seq, created_at, "
+                          f"{BLOB_COLUMNS}) SELECT namespace, (SELECT coalesce(max(seq), 0) + 1 "
+                          f"FROM blob_versions WHERE namespace = ?), updated_at, {BLOB_COLUMNS} "
+                          "FROM blobs WHERE namespace = ? RETURNING seq", (namespace, namespace))
+        if kept:
+            dropped = self.all("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
+                               "RETURNING payload_id", (namespace, kept - keep))
+            self.drop_payloads(row[0] for row in dropped)
+
+    def blob_version(self, namespace: str, seq: int):
+        return self.one("SELECT * FROM blob_versions WHERE namespace = ? AND seq = ?",
+                        (namespace, seq))
+
+    def blob_versions(self, namespace: str) -> list:
+        return self.all("SELECT seq, created_at, revision, device_id, size, sha256 "
+                        "FROM blob_versions WHERE namespace = ? ORDER BY seq DESC", (namespace,))
+
+    def restore_blob_version(self, namespace: str, seq: int, now: float) -> None:
+        """Make a kept snapshot version the current snapshot (after keep_blob_version)."""
+        self.run(f"INSERT INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
+                 f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
+                 f"WHERE namespace = ? AND seq = ? {BLOB_UPSERT}", (now, namespace, seq))
+        self.run("DELETE FROM blob_versions WHERE namespace = ? AND seq = ?", (namespace, seq))
+
+    def object(self, namespace: str, path: str):
+        return self.one("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
+                        "FROM objects o JOIN payloads p ON p.id = o.payload_id "
+                        "WHERE o.namespace = ? AND o.path = ?", (namespace, path))
+
+    def put_object(self, namespace: str, path: str, payload_id: int, size: int, etag: str,
+                   content_type: str | None, now: float) -> None:
+        self.run("INSERT INTO objects (namespace, path, payload_id, size, etag, content_type, "
+                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, path) "
+                 "DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size, "
+                 "etag = excluded.etag, content_type = excluded.content_type, "
+                 "updated_at = excluded.updated_at",
+                 (namespace, path, payload_id, size, etag, content_type, now))
+
+    def missing_objects(self, namespace: str, paths: set[str]) -> list[str]:
+        stored = {row[0] for row in self.all("SELECT path FROM objects WHERE namespace = ?",
+                                             (namespace,))}
+        return sorted(paths - stored)
+
+    # -- history (every accepted manifest) and retention -----------------------
+
+    def record_manifest(self, namespace: str, metadata: dict, now: float,
+                        token_id: str | None, rollback_of: int | None = None) -> int:
+        """Every accepted manifest becomes a version in the namespace's history -> its seq."""
+        seq = self.value("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
+                         (namespace,))
+        self.run("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
+                 "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
+                  text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
+                  token_id, rollback_of, json_body(metadata).decode()))
+        return seq
+
+    def manifests(self, namespace: str, limit: int) -> list:
+        return self.all("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
+                        (namespace, limit))
+
+    def manifest(self, namespace: str, seq: int):
+        return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq = ?",
+                        (namespace, seq))
+
+    def previous_manifest(self, namespace: str, seq: int):
+        return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq < ? "
+                        "ORDER BY seq DESC LIMIT 1", (namespace, seq))
+
+    def prune_namespace(self, namespace: str, now: float, retention: int) -> dict:
+        """Retention for one namespace (after lock_namespace).
+
+        Manifests older than the window are dropped beyond the newest KEEP_MANIFESTS;
+        an object goes only when no kept manifest references it and it was last
+        written before the window (an upload in progress writes objects first).
+        """
+        cutoff = now - retention
+        manifests_removed = self.run(
+            "DELETE FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
+            "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ?",
+            (namespace, cutoff, namespace, KEEP_MANIFESTS)).rowcount
+        keep = manifest_paths(stored_metadata(self.namespace(namespace)))
+        for row in self.all("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
+            keep |= manifest_paths(json.loads(row[0]))
+        doomed = [row for row in self.all(
+            "SELECT path, size, payload_id FROM objects WHERE namespace = ? AND updated_at < ?",
+            (namespace, cutoff)) if row["path"] not in keep]
+        self.many("DELETE FROM objects WHERE namespace = ? AND path = ?",
+                  ((namespace, row["path"]) for row in doomed))
+        self.drop_payloads(row["payload_id"] for row in doomed)
+        return {"objectsRemoved": len(doomed),
+                "bytesReclaimed": sum(row["size"] for row in doomed),
+                "manifestsRemoved": manifests_removed}
+
+    def copy_snapshot_fields(self) -> None:
+        """Schema 2 keeps a snapshot's revision and such beside it, copied once from the
+        metadata (where schema 1 kept them)."""
+        for row in self.all("SELECT b.namespace, n.metadata FROM blobs b "
+                            "JOIN namespaces n ON n.name = b.namespace"):
+            metadata = stored_metadata(row)
+            sections = metadata.get("sectionRevisions")
+            self.run("UPDATE blobs SET revision = ?, device_id = ?, section_revisions = ?, "
+                     "content_type = ? WHERE namespace = ?",
+                     (text_or_none(metadata.get("revision")),
+                      text_or_none(metadata.get("deviceId")),
+                      None if sections is None else json.dumps(sections),
+                      text_or_none(metadata.get("contentType")), row["namespace"]))
+
+    # -- conflicts -----------------------------------------------------------
+
+    def record_conflict(self, namespace, operation, *, path=None, device_id=None,
+                        token_id=None, requested_etag=None, requested_revision=None,
+                        remote_etag=None, remote_revision=None) -> None:
+        """One row per 412, never the payload; the newest KEEP_CONFLICTS are kept."""
+        self.run("INSERT INTO conflicts (at, namespace, operation, path, device_id, token_id, "
+                 "requested_etag, requested_revision, remote_etag, remote_revision) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (time.time(), namespace, operation, path, text_or_none(device_id), token_id,
+                  requested_etag, text_or_none(requested_revision), remote_etag,
+                  text_or_none(remote_revision)))
+        self.run("DELETE FROM conflicts WHERE id <= (SELECT max(id) FROM conflicts) - ?",
+                 (KEEP_CONFLICTS,))
+
+    def conflicts(self, limit: int) -> list:
+        return self.all("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?", (limit,))
+
+    # -- tokens --------------------------------------------------------------
+
+    def token_for_namespace(self, token_hash: str, namespace: str):
+        """The token's row joined with the namespace's (its columns NULL when there is none)."""
+        return self.one(
+            "SELECT t.id, t.name, t.namespace_pattern, t.permissions, t.enabled, t.expires_at, "
+            "n.name AS namespace, n.metadata, n.etag, n.deleted_at FROM tokens t "
+            "LEFT JOIN namespaces n ON n.name = ? WHERE t.token_hash = ?",
+            (namespace, token_hash))
+
+    def tokens(self) -> list:
+        return self.all("SELECT * FROM tokens ORDER BY created_at, id")
+
+    def token(self, token_id: str):
+        return self.one("SELECT * FROM tokens WHERE id = ?", (token_id,))
+
+    def insert_token(self, token_id: str, name: str, token_hash: str, pattern: str,
+                     permissions: str, expires_at: float | None, now: float) -> None:
+        self.run("INSERT INTO tokens (id, name, token_hash, namespace_pattern, permissions, "
+                 "expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (token_id, name, token_hash, pattern, permissions, expires_at, now))
+
+    TOKEN_FIELDS = ("name", "enabled", "expires_at", "token_hash", "rotated_at")
+
+    def update_token(self, token_id: str, **changes) -> bool:
+        """Change some of TOKEN_FIELDS -> False when there is no such token."""
+        if not changes or set(changes) - set(self.TOKEN_FIELDS):
+            raise ValueError(f"cannot change {sorted(changes)} of a token")
+        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+        return self.run(f"UPDATE tokens SET {', '.join(f'{c} = ?' for c in changes)} "
+                        "WHERE id = ?", (*values, token_id)).rowcount > 0
+
+    def delete_token(self, token_id: str) -> bool:
+        return self.run("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    def add_token_use(self, uses: dict[str, list]) -> None:
+        """uses: token id -> [count, last time, namespace, ip, client version]."""
+        self.many("UPDATE tokens SET use_count = use_count + ?, last_used_at = ?, "
+                  "last_namespace = ?, last_ip = ?, "
+                  "last_client_version = coalesce(?, last_client_version) WHERE id = ?",
+                  ((*values, token_id) for token_id, values in uses.items()))
+
+    # -- admin users, sessions and login throttling ----------------------------
+
+    def admin_user(self, username: str):
+        return self.one("SELECT * FROM admin_users WHERE username = ?", (username,))
+
+    def admin_users(self) -> list:
+        return self.all("SELECT * FROM admin_users ORDER BY username")
+
+    def admin_exists(self) -> bool:
+        return self.one("SELECT 1 FROM admin_users WHERE enabled = 1 LIMIT 1") is not None
+
+    def lock_admin_users(self) -> None:
+        """For changes that must leave at least one enabled admin user."""
+        self.lock("admin users")
+
+    def other_enabled_admins(self, username: str) -> int:
+        return self.value("SELECT count(*) FROM admin_users WHERE enabled = 1 AND "
+                          "username != ?", (username,))
+
+    def insert_admin_user(self, username: str, password_hash: str, now: float) -> bool:
+        """-> False when the name is taken."""
+        return self.run("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
+                        "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO NOTHING",
+                        (username, password_hash, now, now)).rowcount > 0
+
+    def set_admin_user(self, username: str, *, password_hash: str | None = None,
+                       enabled: bool | None = None, now: float) -> None:
+        if password_hash is not None:
+            self.run("UPDATE admin_users SET password_hash = ?, updated_at = ? "
+                     "WHERE username = ?", (password_hash, now, username))
+        if enabled is not None:
+            self.run("UPDATE admin_users SET enabled = ?, updated_at = ? WHERE username = ?",
+                     (int(enabled), now, username))
+
+    def delete_admin_user(self, username: str) -> None:
+        self.run("DELETE FROM admin_users WHERE username = ?", (username,))
+
+    def end_session(self, session_id: str, expires_at: float, now: float) -> None:
+        self.run("DELETE FROM ended_sessions WHERE expires_at < ?", (now,))
+        self.run("INSERT INTO ended_sessions (session_id, expires_at) VALUES (?, ?) "
+                 "ON CONFLICT (session_id) DO NOTHING", (session_id, expires_at))
+
+    def session_ended(self, session_id: str) -> bool:
+        return self.one("SELECT 1 FROM ended_sessions WHERE session_id = ?",
+                        (session_id,)) is not None
+
+    def login_locked_until(self, ip: str) -> float | None:
+        return self.value("SELECT locked_until FROM login_failures WHERE ip = ?", (ip,))
+
+    def login_failures(self, ip: str):
+        """The address's failure count (after lock_login)."""
+        return self.one("SELECT * FROM login_failures WHERE ip = ?", (ip,))
+
+    def lock_login(self, ip: str) -> None:
+        self.lock(f"login {ip}")
+
+    def set_login_failures(self, ip: str, failures: int, window_start: float,
+                           locked_until: float | None) -> None:
+        self.run("INSERT INTO login_failures (ip, failures, window_start, locked_until) "
+                 "VALUES (?, ?, ?, ?) ON CONFLICT (ip) DO UPDATE SET failures = "
+                 "excluded.failures, window_start = excluded.window_start, "
+                 "locked_until = excluded.locked_until", (ip, failures, window_start,
+                                                          locked_until))
+
+    def clear_login_failures(self, ip: str | None = None) -> int:
+        """Forget failed logins (of one address, or all) -> rows removed."""
+        if ip is None:
+            return self.run("DELETE FROM login_failures").rowcount
+        return self.run("DELETE FROM login_failures WHERE ip = ?", (ip,)).rowcount
+
+    def locked_addresses(self, now: float) -> list:
+        return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
+                        (now,))
+
+    # -- figures and whole tables ----------------------------------------------
+
+    def stats(self) -> dict:
+        row = self.one(
+            "SELECT (SELECT count(*) FROM namespaces WHERE deleted_at IS NULL), "
+            "(SELECT count(*) FROM namespaces WHERE deleted_at IS NOT NULL), "
+            "(SELECT count(*) FROM tokens), (SELECT count(*) FROM tokens WHERE enabled = 1), "
+            "(SELECT count(*) FROM objects), (SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blobs), "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects), "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions), "
+            "(SELECT count(*) FROM conflicts)")
+        names = ("namespaces", "deletedNamespaces", "tokens", "enabledTokens", "objects",
+                 "blobBytes", "objectBytes", "snapshotHistoryBytes", "conflicts")
+        return dict(zip(names, row))
+
+    def table_rows(self, table: str, batch: int = 64):
+        """Every row of a table in key order, a batch at a time (copy-store): payload bytes
+        come as stored, and a large table is never held in memory at once."""
+        for offset in itertools.count(0, batch):
+            rows = self.all(f"SELECT * FROM {table} ORDER BY {TABLES[table]} LIMIT ? OFFSET ?",
+                            (batch, offset))
+            yield from rows
+            if len(rows) < batch:
+                return
+
+    def insert_rows(self, table: str, columns: list[str], rows) -> None:
+        self.many(f"INSERT INTO {table} ({', '.join(columns)}) "
+                  f"VALUES ({', '.join('?' for _ in columns)})", rows)
+
+    def row_count(self, table: str) -> int:
+        return self.value(f"SELECT count(*) FROM {table}")
 
 
-def open_store(config: Config) -> tuple[Store, Sealer]:
-    """Open the database and check that the configured key fits what it holds."""
-    sealer = Sealer(config.encryption_key)
-    store = Store(config.db_path, serving=True)
-    store.hold(exclusive=False)
-    check_key(store, sealer)
-    return store, sealer
+def text_or_none(value) -> str | None:
+    """A string for a text column, or None: no other JSON type, and no NUL, which
+    PostgreSQL's text cannot hold (the metadata JSON keeps the exact value)."""
+    return value if isinstance(value, str) and "\0" not in value else None
 
 
-def key_opens_check(sealer: Sealer, stored_check: str) -> bool:
-    """Whether the sealer's key opens the key check stored in the settings table."""
-    try:
-        sealer.open(bytes.fromhex(stored_check), sealer.key_id, KEY_CHECK_CONTEXT)
-        return True
-    except SealError:
-        return False
+def namespace_view(row) -> dict:
+    metadata = json.loads(row["metadata"]) if row["metadata"] else {}
+    total = row["blob_bytes"] + row["object_bytes"] + row["history_bytes"]
+    return {
+        "name": row["name"], "deleted": row["deleted_at"] is not None,
+        "deletedAt": rfc3339(row["deleted_at"]) if row["deleted_at"] else None,
+        "createdAt": rfc3339(row["created_at"]),
+        "lastWriteAt": rfc3339(row["updated_at"]) if row["updated_at"] else None,
+        "format": metadata.get("format"), "revision": metadata.get("revision"),
+        "deviceId": metadata.get("deviceId"), "etag": row["etag"],
+        "hasSnapshot": bool(row["has_blob"]),
+        "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
+        "objectBytes": row["object_bytes"], "snapshotHistoryCount": row["history_count"],
+        "snapshotHistoryBytes": row["history_bytes"], "versionCount": row["version_count"],
+        "totalBytes": total}
 
 
-def check_key(store: Store, sealer: Sealer) -> None:
-    """Refuse a wrong or missing key at startup rather than failing every read later."""
-    with store.write() as db:
-        stored_id = store.setting(db, "key_id")
-        stored_check = store.setting(db, "key_check")
-        rotation = store.setting(db, "rotation_target")
-        if stored_check is None and sealer.enabled:
-            store_key_check(db, sealer)
-            stored_id = sealer.key_id
-    if rotation is not None:
-        raise StoreError(f"a key rotation to key id {rotation} was interrupted; run oxsync "
-                         "rotate-key again with the same keys to finish it")
-    if stored_check is not None:
-        if not sealer.enabled:
-            raise StoreError(f"{store.path} holds payloads sealed with key {stored_id}; "
-                             "start oxsync with ENCRYPTION_KEY set to that key")
-        if not key_opens_check(sealer, stored_check):
-            raise StoreError(f"ENCRYPTION_KEY (key id {sealer.key_id}) is not the key that "
-                             f"sealed {store.path} (key id {stored_id})")
-    if sealer.enabled:
-        with store.read() as db:
-            plain = count_plaintext_payloads(db)
-        if plain:
-            log.warning("%d payloads were stored before encryption was enabled and are still "
-                        "plaintext; seal them with: oxsync encrypt-existing", plain)
-    else:
-        log.warning("ENCRYPTION_KEY is not set: payloads are stored in plaintext")
-
-
-PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
-
-
-def count_plaintext_payloads(db) -> int:
-    return db.execute("SELECT count(*) FROM payloads WHERE key_id IS NULL").fetchone()[0]
-
-
-def store_payload(db, stored, key_id: str | None, payload_id: int | None = None) -> int:
-    """Write a payload row (new, or replacing `payload_id`) -> its id.
-
-    A large payload goes in as a zeroblob filled through blob I/O, so SQLite never
-    builds the whole record in memory (that works because data is its last column).
-    """
-    small = len(stored) <= MiB
-    value, placeholder = (stored, "?") if small else (len(stored), "zeroblob(?)")
-    if payload_id is None:
-        payload_id = db.execute(f"INSERT INTO payloads (key_id, data) VALUES (?, {placeholder})",
-                                (key_id, value)).lastrowid
-    else:
-        db.execute(f"UPDATE payloads SET key_id = ?, data = {placeholder} WHERE id = ?",
-                   (key_id, value, payload_id))
-    if not small:
-        view = memoryview(stored)
-        with db.blobopen("payloads", "data", payload_id) as blob:
-            for offset in range(0, len(view), MiB):
-                blob.write(view[offset:offset + MiB])
-    return payload_id
-
-
-def read_payload(db, payload_id: int) -> bytes:
-    with db.blobopen("payloads", "data", payload_id, readonly=True) as blob:
-        return blob.read()
-
-
-def drop_payloads(db, payload_ids) -> None:
-    db.executemany("DELETE FROM payloads WHERE id = ?", [(i,) for i in payload_ids])
-
-
-def ensure_namespace(db, namespace: str, now: float):
-    """The namespace's row, created empty if it is new."""
-    return db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone() or \
-        db.execute("INSERT INTO namespaces (name, created_at) VALUES (?, ?) RETURNING *",
-                   (namespace, now)).fetchone()
-
-
-def namespace_views(db, name: str | None = None) -> list[dict]:
-    """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
-    rows = db.execute(
-        "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
-        "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
-        "(SELECT coalesce(sum(size), 0) FROM objects o WHERE o.namespace = n.name) "
-        "AS object_bytes, (SELECT coalesce(sum(size), 0) FROM blob_versions v "
-        "WHERE v.namespace = n.name) AS history_bytes "
-        "FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name "
-        "WHERE ? IS NULL OR n.name = ? ORDER BY n.name", (name, name)).fetchall()
-    views = []
-    for row in rows:
-        metadata = json.loads(row["metadata"]) if row["metadata"] else {}
-        views.append({
-            "name": row["name"], "deleted": row["deleted_at"] is not None,
-            "deletedAt": rfc3339(row["deleted_at"]) if row["deleted_at"] else None,
-            "createdAt": rfc3339(row["created_at"]),
-            "lastWriteAt": rfc3339(row["updated_at"]) if row["updated_at"] else None,
-            "format": metadata.get("format"), "revision": metadata.get("revision"),
-            "deviceId": metadata.get("deviceId"), "etag": row["etag"],
-            "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
-            "objectBytes": row["object_bytes"], "snapshotHistoryBytes": row["history_bytes"],
-            "totalBytes": row["blob_bytes"] + row["object_bytes"] + row["history_bytes"]})
-    return views
-
-
-def set_namespace_deleted(db, name: str, deleted: bool) -> bool:
-    """Soft delete or restore -> False when there is no such namespace."""
-    return db.execute("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
-                      (time.time() if deleted else None, name)).rowcount > 0
-
-
-@contextlib.contextmanager
-def erasing(db):
-    """Deletions inside overwrite the freed bytes (SQLite's secure_delete)."""
-    db.execute("PRAGMA secure_delete = ON")
-    try:
-        yield db
-    finally:
-        db.execute("PRAGMA secure_delete = FAST")
-
-
-def purge_namespace(db, name: str) -> int:
-    """Remove a soft-deleted namespace and everything in it -> bytes freed."""
-    owned = db.execute(" UNION ALL ".join(f"SELECT payload_id, size FROM {table} "
-                                          "WHERE namespace = ?" for table in PAYLOAD_OWNERS),
-                       (name,) * len(PAYLOAD_OWNERS)).fetchall()
-    with erasing(db):
-        drop_payloads(db, [payload_id for payload_id, _ in owned])
-    for table, column in (("objects", "namespace"), ("blobs", "namespace"),
-                          ("blob_versions", "namespace"),
-                          ("manifests", "namespace"), ("conflicts", "namespace"),
-                          ("namespaces", "name")):
-        db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
-    return sum(size for _, size in owned)
+def stored_metadata(row) -> dict:
+    return json.loads(row["metadata"]) if row is not None and row["metadata"] else {}
 
 
 # -- history, rollback and retention (PROTOCOL.md section 4, "Retention") ------
-
-KEEP_MANIFESTS = 32
-
 
 class RollbackRefused(Exception):
     """A rollback that cannot be done safely; the message says why."""
@@ -1103,6 +1224,22 @@ def record_count(entry: dict | None) -> int | None:
     return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
+def count_change(name: str, was: int | None, now: int | None) -> str:
+    """'connections 3 → 5', 'forwards added (2)', 'telnetProfiles removed (had 1)'."""
+    if was is None:
+        return f"{name} added ({now})"
+    if now is None:
+        return f"{name} removed (had {was})"
+    return f"{name} {was} → {now}"
+
+
+def changed_values(after, before) -> dict:
+    """Top-level keys whose values differ -> {"before": ..., "after": ...}."""
+    after, before = (value if isinstance(value, dict) else {} for value in (after, before))
+    return {key: {"before": before.get(key), "after": after.get(key)}
+            for key in sorted(set(after) | set(before)) if after.get(key) != before.get(key)}
+
+
 def compare_manifests(after: dict, before: dict | None) -> dict:
     """What changed from `before` to `after`, from the manifests alone (no payloads).
 
@@ -1122,60 +1259,83 @@ def compare_manifests(after: dict, before: dict | None) -> dict:
     for name in changed:
         was, now = counts.get(name, {}).get("before"), counts.get(name, {}).get("after")
         if was != now:
-            parts.append(f"{name} {'-' if was is None else was} -> {'-' if now is None else now}")
+            parts.append(count_change(name, was, now))
         else:
             how = "added" if name not in old else "removed" if name not in new else "changed"
             parts.append(f"{name} {how}")
+    scope = (after.get("scope"), (before or {}).get("scope"))
+    if scope[0] != scope[1] and before is not None:
+        parts.append("scope changed")
     summary = "; ".join(parts) or ("first version" if before is None else "no section changed")
     return {"changedSections": changed, "recordCounts": counts, "suspicious": suspicious,
-            "summary": summary}
+            "summary": summary, "sectionRevisions": changed_values(
+                after.get("sectionRevisions"), (before or {}).get("sectionRevisions")),
+            "scopeChange": None if scope[0] == scope[1] else
+            {"before": scope[1], "after": scope[0]}}
 
 
-def missing_objects(db, namespace: str, paths: set[str]) -> list[str]:
-    return sorted(path for path in paths if db.execute(
-        "SELECT 1 FROM objects WHERE namespace = ? AND path = ?", (namespace, path)).fetchone()
-        is None)
+def version_view(tx: Records, row, manifest: dict, previous: dict | None, current_etag,
+                 token_names: dict) -> dict:
+    return {"seq": row["seq"], "createdAt": rfc3339(row["created_at"]),
+            "revision": row["revision"], "deviceId": row["device_id"], "format": row["format"],
+            "etag": row["etag"], "tokenId": row["token_id"],
+            "tokenName": token_names.get(row["token_id"]), "rollbackOf": row["rollback_of"],
+            "current": row["etag"] == current_etag,
+            "missingObjects": len(tx.missing_objects(row["namespace"],
+                                                     manifest_paths(manifest))),
+            "manifest": manifest, **compare_manifests(manifest, previous)}
 
 
-def namespace_history(db, namespace: str, limit: int = 50) -> dict:
-    """Manifest versions (newest first) with summaries, and the kept blob versions."""
-    current = db.execute("SELECT etag FROM namespaces WHERE name = ?", (namespace,)).fetchone()
+def namespace_history(tx: Records, namespace: str, limit: int = 50) -> dict:
+    """Manifest versions (newest first) with what changed, the current snapshot and the
+    kept earlier snapshots."""
+    current = tx.namespace(namespace)
     if current is None:
         raise LookupError(f"no namespace named {namespace!r}")
-    rows = db.execute("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
-                      (namespace, limit + 1)).fetchall()
+    rows = tx.manifests(namespace, limit + 1)
     manifests = [json.loads(row["manifest"]) for row in rows]
-    versions = []
-    for index, row in enumerate(rows[:limit]):
-        previous = manifests[index + 1] if index + 1 < len(manifests) else None
-        versions.append({
-            "seq": row["seq"], "createdAt": rfc3339(row["created_at"]),
-            "revision": row["revision"], "deviceId": row["device_id"], "format": row["format"],
-            "etag": row["etag"], "tokenId": row["token_id"], "rollbackOf": row["rollback_of"],
-            "current": row["etag"] == current["etag"],
-            "missingObjects": len(missing_objects(db, namespace,
-                                                  manifest_paths(manifests[index]))),
-            **compare_manifests(manifests[index], previous)})
+    token_names = {row["id"]: row["name"] for row in tx.tokens()}
+    versions = [version_view(tx, row, manifests[index],
+                             manifests[index + 1] if index + 1 < len(manifests) else None,
+                             current["etag"], token_names)
+                for index, row in enumerate(rows[:limit])]
+    metadata = stored_metadata(current)
+    snapshot = None
+    if tx.blob(namespace) is not None:
+        snapshot = {"current": True, "revision": metadata.get("revision"),
+                    "deviceId": metadata.get("deviceId"), "size": metadata.get("contentLength"),
+                    "sha256": metadata.get("contentHash"), "createdAt": metadata.get("uploadedAt")}
     blobs = [{"seq": row["seq"], "createdAt": rfc3339(row["created_at"]),
               "revision": row["revision"], "deviceId": row["device_id"], "size": row["size"],
-              "sha256": row["sha256"]} for row in db.execute(
-        "SELECT seq, created_at, revision, device_id, size, sha256 FROM blob_versions "
-        "WHERE namespace = ? ORDER BY seq DESC", (namespace,))]
-    return {"namespace": namespace, "versions": versions, "blobVersions": blobs}
+              "sha256": row["sha256"], "current": False} for row in tx.blob_versions(namespace)]
+    return {"namespace": namespace, "versions": versions, "snapshot": snapshot,
+            "blobVersions": blobs}
 
 
-def rollback_manifest(db, namespace: str, seq: int, now: float, token_id: str | None = None,
-                      dry_run: bool = False) -> dict:
+def namespace_version(tx: Records, namespace: str, seq: int) -> dict:
+    """One version in full, with what changed against the version before it."""
+    current, row = tx.namespace(namespace), tx.manifest(namespace, seq)
+    if current is None or row is None:
+        raise LookupError(f"namespace {namespace!r} has no version {seq}")
+    before = tx.previous_manifest(namespace, seq)
+    manifest = json.loads(row["manifest"])
+    view = version_view(tx, row, manifest, json.loads(before["manifest"]) if before else None,
+                        current["etag"], {r["id"]: r["name"] for r in tx.tokens()})
+    view.update(namespace=namespace, previousSeq=before["seq"] if before else None,
+                missingObjectPaths=tx.missing_objects(namespace, manifest_paths(manifest)))
+    return view
+
+
+def rollback_manifest(tx: Records, namespace: str, seq: int, now: float,
+                      token_id: str | None = None, dry_run: bool = False) -> dict:
     """Make version `seq` current again: same manifest, a new etag, a new history entry."""
-    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
-    version = db.execute("SELECT manifest FROM manifests WHERE namespace = ? AND seq = ?",
-                         (namespace, seq)).fetchone()
+    row, version = tx.lock_namespace(namespace), tx.manifest(namespace, seq)
     if row is None or version is None:
         raise LookupError(f"namespace {namespace!r} has no version {seq}")
     if row["deleted_at"] is not None:
         raise RollbackRefused(f"namespace {namespace!r} is deleted; restore it first")
     target, current = json.loads(version["manifest"]), stored_metadata(row)
-    missing = missing_objects(db, namespace, manifest_paths(target))
+    missing = tx.missing_objects(namespace, manifest_paths(target))
     if missing:
         raise RollbackRefused(f"version {seq} needs {len(missing)} object(s) that are gone "
                               f"(e.g. {missing[0]!r}); nothing was changed")
@@ -1187,39 +1347,16 @@ def rollback_manifest(db, namespace: str, seq: int, now: float, token_id: str | 
     metadata.pop("contentHash", None)
     if "contentHash" in current:
         metadata["contentHash"] = current["contentHash"]
-    save_metadata(db, namespace, metadata, now)
-    new_seq = record_manifest(db, namespace, metadata, now, token_id, rollback_of=seq)
+    tx.save_metadata(namespace, metadata, now)
+    new_seq = tx.record_manifest(namespace, metadata, now, token_id, rollback_of=seq)
     log.info("namespace %r rolled back to version %d (new version %d)", namespace, seq, new_seq)
     return {"ok": True, "seq": new_seq, "rolledBackTo": seq, "etag": metadata["etag"], **change}
 
 
-def keep_blob_version(db, namespace: str, keep: int) -> None:
-    """Move the current snapshot into blob_versions (its payload stays where it is), or
-    drop it when no history is kept; versions beyond the newest `keep` are dropped."""
-    if keep <= 0:
-        db.execute("DELETE FROM payloads WHERE id = (SELECT payload_id FROM blobs "
-                   "WHERE namespace = ?)", (namespace,))
-        return
-    kept = db.execute(f"INSERT INTO blob_versions (namespace, seq, created_at, {BLOB_COLUMNS}) "
-                      "SELECT namespace, (SELECT coalesce(max(seq), 0) + 1 FROM blob_versions "
-                      f"WHERE namespace = ?), updated_at, {BLOB_COLUMNS} FROM blobs "
-                      "WHERE namespace = ? RETURNING seq", (namespace, namespace)).fetchone()
-    if kept:
-        dropped = db.execute("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
-                             "RETURNING payload_id", (namespace, kept[0] - keep)).fetchall()
-        drop_payloads(db, [row[0] for row in dropped])
-
-
-BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
-
-
-def rollback_blob(db, namespace: str, seq: int, now: float, keep: int,
+def rollback_blob(tx: Records, namespace: str, seq: int, now: float, keep: int,
                   dry_run: bool = False) -> dict:
     """Make a kept snapshot version current again, with a new etag."""
-    row = db.execute("SELECT * FROM namespaces WHERE name = ?", (namespace,)).fetchone()
-    version = db.execute("SELECT revision, device_id, section_revisions, content_type, size, "
-                         "sha256, created_at FROM blob_versions WHERE namespace = ? AND seq = ?",
-                         (namespace, seq)).fetchone()
+    row, version = tx.lock_namespace(namespace), tx.blob_version(namespace, seq)
     if row is None or version is None:
         raise LookupError(f"namespace {namespace!r} has no snapshot version {seq}")
     if row["deleted_at"] is not None:
@@ -1227,19 +1364,16 @@ def rollback_blob(db, namespace: str, seq: int, now: float, keep: int,
     metadata = stored_metadata(row)
     if dry_run:
         return {"ok": True, "dryRun": True, "rolledBackToBlob": seq,
-                "summary": f"snapshot revision {metadata.get('revision')} -> "
+                "summary": f"snapshot revision {metadata.get('revision')} → "
                            f"{version['revision']} ({version['size']} bytes)"}
-    keep_blob_version(db, namespace, max(keep, 1) + 1)
-    db.execute(f"INSERT OR REPLACE INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
-               f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
-               "WHERE namespace = ? AND seq = ?", (now, namespace, seq))
-    db.execute("DELETE FROM blob_versions WHERE namespace = ? AND seq = ?", (namespace, seq))
+    tx.keep_blob_version(namespace, max(keep, 1) + 1)
+    tx.restore_blob_version(namespace, seq, now)
     section_revisions = version["section_revisions"]
     set_blob_metadata(metadata, revision=version["revision"], digest=version["sha256"],
                       size=version["size"], uploaded=version["created_at"],
                       content_type=version["content_type"], device_id=version["device_id"],
                       section_revisions=section_revisions and json.loads(section_revisions))
-    save_metadata(db, namespace, metadata, now)
+    tx.save_metadata(namespace, metadata, now)
     log.info("namespace %r snapshot rolled back to version %d", namespace, seq)
     return {"ok": True, "rolledBackToBlob": seq, "etag": metadata["etag"],
             "revision": metadata["revision"]}
@@ -1257,42 +1391,21 @@ def set_blob_metadata(metadata: dict, *, revision, digest, size, uploaded, conte
             metadata[key] = value
 
 
-def prune_namespace(db, namespace: str, now: float, retention: int) -> dict:
-    """Retention for one namespace, inside one write transaction.
-
-    Manifests older than the window are dropped beyond the newest KEEP_MANIFESTS;
-    an object goes only when no kept manifest references it and it was last
-    written before the window (an upload in progress writes objects first).
-    """
-    cutoff = now - retention
-    manifests_removed = db.execute(
-        "DELETE FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
-        "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ?",
-        (namespace, cutoff, namespace, KEEP_MANIFESTS)).rowcount
-    row = db.execute("SELECT metadata FROM namespaces WHERE name = ?", (namespace,)).fetchone()
-    keep = manifest_paths(stored_metadata(row))
-    for (text,) in db.execute("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
-        keep |= manifest_paths(json.loads(text))
-    doomed = [row for row in db.execute(
-        "SELECT rowid, path, size, payload_id FROM objects WHERE namespace = ? AND "
-        "updated_at < ?", (namespace, cutoff)) if row["path"] not in keep]
-    db.executemany("DELETE FROM objects WHERE rowid = ?", [(row["rowid"],) for row in doomed])
-    drop_payloads(db, [row["payload_id"] for row in doomed])
-    return {"objectsRemoved": len(doomed),
-            "bytesReclaimed": sum(row["size"] for row in doomed),
-            "manifestsRemoved": manifests_removed}
-
-
-def collect_garbage(store: Store, retention: int, now: float | None = None) -> dict:
-    """Retention over every namespace that is not soft-deleted; one transaction each."""
+def collect_garbage(store: "Store", retention: int, now: float | None = None) -> dict | None:
+    """Retention over every namespace that is not soft-deleted, one transaction each ->
+    what was removed, or None when another process is applying it right now."""
     now = time.time() if now is None else now
     totals = {"objectsRemoved": 0, "bytesReclaimed": 0, "manifestsRemoved": 0}
-    with store.read() as db:
-        names = [r[0] for r in db.execute("SELECT name FROM namespaces WHERE deleted_at IS NULL")]
-    for name in names:
-        with store.write() as db:
-            for key, value in prune_namespace(db, name, now, retention).items():
-                totals[key] += value
+    with store.exclusively("retention") as ours:
+        if not ours:
+            return None
+        with store.read() as tx:
+            names = tx.live_namespaces()
+        for name in names:
+            with store.write() as tx:
+                tx.lock_namespace(name, now)
+                for key, value in tx.prune_namespace(name, now, retention).items():
+                    totals[key] += value
     store.release_free_pages()
     if totals["objectsRemoved"] or totals["manifestsRemoved"]:
         log.info("retention: removed %d objects (%d bytes) and %d old manifests",
@@ -1300,17 +1413,47 @@ def collect_garbage(store: Store, retention: int, now: float | None = None) -> d
     return totals
 
 
-# -- key management and backups (operator commands) ---------------------------
+# -- encryption keys (operator commands) ----------------------------------------
 
-def payload_rows(db, table: str, key_id: str | None, limit: int):
-    """Payloads sealed with `key_id`, with where they belong (the associated data)."""
-    path = "o.path" if table == "objects" else "''"
-    return db.execute(f"SELECT p.id, o.namespace, {path} AS path, p.key_id FROM {table} o "
-                      "JOIN payloads p ON p.id = o.payload_id WHERE p.key_id IS ? LIMIT ?",
-                      (key_id, limit)).fetchall()
+def key_opens_check(sealer: Sealer, stored_check: str) -> bool:
+    """Whether the sealer's key opens the key check stored in the settings table."""
+    try:
+        sealer.open(bytes.fromhex(stored_check), sealer.key_id, KEY_CHECK_CONTEXT)
+        return True
+    except SealError:
+        return False
 
 
-def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
+def check_key(store: "Store", sealer: Sealer) -> None:
+    """Refuse a wrong or missing key at startup rather than failing every read later."""
+    with store.write() as tx:
+        tx.lock("settings")  # two processes starting with different keys: one key wins
+        stored_id, stored_check = tx.setting("key_id"), tx.setting("key_check")
+        rotation = tx.setting("rotation_target")
+        if stored_check is None and sealer.enabled:
+            store_key_check(tx, sealer)
+            stored_id = sealer.key_id
+    if rotation is not None:
+        raise StoreError(f"a key rotation to key id {rotation} was interrupted; run oxsync "
+                         "rotate-key again with the same keys to finish it")
+    if stored_check is not None:
+        if not sealer.enabled:
+            raise StoreError(f"{store.describe()} holds payloads sealed with key {stored_id}; "
+                             "start oxsync with ENCRYPTION_KEY set to that key")
+        if not key_opens_check(sealer, stored_check):
+            raise StoreError(f"ENCRYPTION_KEY (key id {sealer.key_id}) is not the key that "
+                             f"sealed {store.describe()} (key id {stored_id})")
+    if sealer.enabled:
+        with store.read() as tx:
+            plain = tx.plaintext_payload_count()
+        if plain:
+            log.warning("%d payloads were stored before encryption was enabled and are still "
+                        "plaintext; seal them with: oxsync encrypt-existing", plain)
+    else:
+        log.warning("ENCRYPTION_KEY is not set: payloads are stored in plaintext")
+
+
+def reseal_payloads(store: "Store", old: Sealer, new: Sealer, key_id: str | None,
                     batch: int = 16) -> int:
     """Open every payload sealed with `key_id` (None: plaintext) and seal it with `new`.
 
@@ -1321,62 +1464,108 @@ def reseal_payloads(store: Store, old: Sealer, new: Sealer, key_id: str | None,
     for table in PAYLOAD_OWNERS:
         kind = "object" if table == "objects" else "blob"
         while True:
-            with store.write() as db, erasing(db):
-                rows = payload_rows(db, table, key_id, batch)
+            with store.write() as tx, store.erasing(tx.db):
+                rows = tx.payloads_sealed_with(table, key_id, batch)
                 for row in rows:
                     context = payload_context(row["namespace"], kind, row["path"])
-                    data = old.open(read_payload(db, row["id"]), row["key_id"], context)
-                    store_payload(db, *new.seal(data, context), payload_id=row["id"])
+                    data = old.open(tx.read_payload(row["id"]), row["key_id"], context)
+                    tx.store_payload(*new.seal(data, context), payload_id=row["id"])
             done += len(rows)
             if not rows:
                 break
     return done
 
 
-def store_key_check(db, sealer: Sealer) -> None:
+def store_key_check(tx: Records, sealer: Sealer) -> None:
     check, _ = sealer.seal(KEY_CHECK, KEY_CHECK_CONTEXT)
-    db.execute("INSERT OR REPLACE INTO settings VALUES ('key_id', ?), ('key_check', ?)",
-               (sealer.key_id, check.hex()))
+    tx.set_setting("key_id", sealer.key_id)
+    tx.set_setting("key_check", check.hex())
 
 
-def rotate_key(store: Store, old_key: bytes, new_key: bytes) -> int:
+def rotate_key(store: "Store", old_key: bytes, new_key: bytes) -> int:
     """Re-seal every payload from the old key to the new one; resumable."""
     old, new = Sealer(old_key), Sealer(new_key)
-    with store.write() as db:
-        target = store.setting(db, "rotation_target")
+    with store.write() as tx:
+        tx.lock("settings")
+        target = tx.setting("rotation_target")
         if target not in (None, new.key_id):
             raise StoreError(f"an earlier rotation to key id {target} was interrupted; run "
                              "rotate-key again with that new key to finish it")
         if target is None:
-            if store.setting(db, "key_id") == new.key_id:
+            if tx.setting("key_id") == new.key_id:
                 return 0
-            check_key_opens(store, db, old)
-            db.execute("INSERT OR REPLACE INTO settings VALUES ('rotation_target', ?)",
-                       (new.key_id,))
+            check_key_opens(store, tx, old)
+            tx.set_setting("rotation_target", new.key_id)
     count = reseal_payloads(store, old, new, old.key_id)
     store.rewrite()
-    with store.write() as db:
-        store_key_check(db, new)
-        db.execute("DELETE FROM settings WHERE key = 'rotation_target'")
+    with store.write() as tx:
+        store_key_check(tx, new)
+        tx.set_setting("rotation_target", None)
     return count
 
 
-def check_key_opens(store: Store, db, sealer: Sealer) -> None:
-    stored = store.setting(db, "key_check")
+def check_key_opens(store: "Store", tx: Records, sealer: Sealer) -> None:
+    stored = tx.setting("key_check")
     if stored is None:
-        raise StoreError(f"{store.path} is not encrypted yet; use encrypt-existing")
+        raise StoreError(f"{store.describe()} is not encrypted yet; use encrypt-existing")
     if not key_opens_check(sealer, stored):
         raise StoreError(f"the current key (id {sealer.key_id}) is not the key that sealed "
-                         f"{store.path} (key id {store.setting(db, 'key_id')})")
+                         f"{store.describe()} (key id {tx.setting('key_id')})")
 
 
-def encrypt_existing(store: Store, key: bytes) -> int:
+def encrypt_existing(store: "Store", key: bytes) -> int:
     """Seal every plaintext payload with `key`; resumable, safe while the server runs."""
     sealer = Sealer(key)
     check_key(store, sealer)
     count = reseal_payloads(store, Sealer(None), sealer, None)
     store.rewrite()  # old plaintext may linger in free space the server left earlier
     return count
+
+
+# -- copies: copy-store, and backups of a SQLite file -------------------------------
+
+def table_digest(rows) -> tuple[int, str]:
+    """(row count, SHA-256 of the rows as stored): equal on both stores for equal data."""
+    digest, count = hashlib.sha256(), 0
+    for row in rows:
+        count += 1
+        for value in row:
+            digest.update(repr(bytes(value) if isinstance(value, (bytes, bytearray,
+                                                                  memoryview)) else value)
+                          .encode() + b"\0")
+    return count, digest.hexdigest()
+
+
+def copy_store(source: "Store", target: "Store") -> dict[str, int]:
+    """Copy every row into an empty store, sealed payloads as they are (no key needed),
+    in one transaction, then check each table's count and digest -> rows per table."""
+    with target.read() as tx:
+        filled = [table for table in TABLES if tx.row_count(table)]
+    if filled:
+        raise StoreError(f"{target.describe()} is not empty (it has {', '.join(filled)}); "
+                         "copy-store only fills an empty database")
+    with source.read(snapshot=True) as old:
+        with target.write() as new:
+            for table in TABLES:
+                batch = []
+                for row in old.table_rows(table):
+                    batch.append(tuple(row))
+                    if len(batch) == 64:
+                        new.insert_rows(table, row.keys(), batch)
+                        batch = []
+                if batch:
+                    new.insert_rows(table, row.keys(), batch)
+            target.after_copy(new)
+        counts = {}
+        with target.read(snapshot=True) as copy:
+            for table in TABLES:
+                want, got = table_digest(old.table_rows(table)), table_digest(
+                    copy.table_rows(table))
+                if want != got:
+                    raise StoreError(f"the copy of table {table} does not match the original "
+                                     f"({got[0]} rows of {want[0]}); check {target.describe()}")
+                counts[table] = got[0]
+    return counts
 
 
 def file_sha256(path: str) -> str:
@@ -1387,22 +1576,22 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def backup_database(store: Store, target: str) -> str:
-    """An online copy (SQLite backup API; the server keeps serving) plus FILE.sha256."""
-    live = os.path.realpath(store.path)
-    if os.path.realpath(target) in (live, live + "-wal", live + "-shm", live + "-journal"):
-        raise StoreError(f"{target} is the live database itself; back up to another file")
+def backup_database(store: "Store", target: str) -> str:
+    """An online copy in one SQLite file (the server keeps serving) plus FILE.sha256.
+    A missing folder is created, readable by its owner only."""
+    if store.local_dir:
+        live = os.path.realpath(store.describe())
+        if os.path.realpath(target) in (live, live + "-wal", live + "-shm", live + "-journal"):
+            raise StoreError(f"{target} is the live database itself; back up to another file")
     partial = target + ".partial"
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
-        source, copy = store.connect_plain(), sqlite3.connect(partial)
-        try:
-            source.backup(copy)
+        os.makedirs(os.path.dirname(os.path.abspath(target)), mode=0o700, exist_ok=True)
+        for leftover in (partial, partial + "-wal", partial + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        store.copy_to_file(partial)
+        with contextlib.closing(sqlite3.connect(partial)) as copy:
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        finally:
-            copy.close()
-            source.close()
         os.replace(partial, target)
         digest = file_sha256(target)
         with open(target + ".sha256", "w") as sidecar:
@@ -1450,7 +1639,7 @@ def restore_database(source: str, target: str, force: bool) -> None:
         raise StoreError(f"{target} exists (a server may be using it); stop the server and "
                          "pass --force to replace it with the backup")
     if os.path.exists(target):
-        Store(target).hold(exclusive=True)
+        SQLiteStore(target).hold(exclusive=True)
     backup = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=ro",
                              uri=True)
     live = sqlite3.connect(target, timeout=30)
@@ -1461,16 +1650,700 @@ def restore_database(source: str, target: str, force: bool) -> None:
         backup.close()
 
 
-def record_conflict(db, namespace, operation, *, path=None, device_id=None, token_id=None,
-                    requested_etag=None, requested_revision=None, remote_etag=None,
-                    remote_revision=None) -> None:
-    """One row per 412, never the payload; the newest 10,000 are kept."""
-    db.execute("INSERT INTO conflicts (at, namespace, operation, path, device_id, token_id, "
-               "requested_etag, requested_revision, remote_etag, remote_revision) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (time.time(), namespace, operation, path, device_id, token_id, requested_etag,
-                requested_revision, remote_etag, remote_revision))
-    db.execute("DELETE FROM conflicts WHERE id <= (SELECT max(id) FROM conflicts) - 10000")
+# -- the stores: what differs between SQLite and PostgreSQL lives below ----------
+
+# LOCK_FREE: a request thread takes no threading.Lock for bookkeeping (the connection
+# pools, connection deadlines, token use, metrics). When the GIL is taken from a thread
+# that holds such a lock, every other request thread queues behind it until that thread
+# gets the GIL back: with 16 busy connections those locks cost more than the rest of a
+# GET (13.7k GET/s with them, 17-19k without). Appending to or popping from a list or
+# deque, and setting or dropping a dict key, are atomic, so these structures use only those.
+MAX_IDLE_CONNECTIONS = 256  # idle connections kept; one per concurrent request is needed
+CACHED_READS = 256  # results of Store.cached() kept (each at most a namespace's metadata)
+
+
+class Store:
+    """A database: transactions as Records, a read cache, locks and upkeep.
+
+    read() and write() yield Records. A write commits when its block ends without an
+    exception and rolls back otherwise; writers of one namespace take turns through
+    Records.lock_namespace (SQLite: there is one writer anyway).
+    """
+
+    local_dir: str | None = None  # a folder whose free disk space bounds writes
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def describe(self) -> str:
+        """The database in words for messages, never with a password."""
+        raise NotImplementedError
+
+    def change_stamp(self):
+        """A value that differs after any process commits a change; None: unknown."""
+        raise NotImplementedError
+
+    def cached(self, key, load):
+        """load(records) -> a result, kept and reused until any process commits a change.
+
+        None is never kept (an unknown token must not fill memory).
+        """
+        stamp = self.change_stamp()
+        hit = self._cache.get(key)
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            return hit[1]
+        with self.read() as tx:
+            value = load(tx)
+        if value is not None and stamp is not None:
+            if len(self._cache) >= CACHED_READS:
+                self._cache.clear()
+            self._cache[key] = (stamp, value)
+        return value
+
+    @contextlib.contextmanager
+    def exclusively(self, name: str):
+        """-> True while this process alone does `name` (retention), False when another
+        process is doing it right now."""
+        yield True
+
+    def erasing(self, db):
+        """Deletions inside overwrite the freed bytes where the store can do that."""
+        return contextlib.nullcontext()
+
+    def after_copy(self, tx: "Records") -> None:
+        """Counters the store keeps apart from its rows, set after copy-store filled it."""
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Upkeep the housekeeping thread runs every few seconds (and once at shutdown)."""
+
+    def release_free_pages(self) -> None:
+        """Give space freed by deletions back (SQLite; PostgreSQL's autovacuum does it)."""
+
+    def copy_to_file(self, path: str) -> None:
+        """Everything into a new SQLite file (a backup), with copy-store's checks."""
+        copy = SQLiteStore(path)
+        try:
+            copy_store(self, copy)
+        finally:
+            copy.close()
+
+
+class SQLiteStore(Store):
+    """The SQLite file: a pool of reader connections and one writer behind a lock.
+
+    WAL mode lets readers run while one transaction writes. Writers queue on a
+    Python lock instead of SQLite's sleeping busy handler, so concurrent
+    uploads are served in arrival order without latency spikes; other
+    processes (the CLI) still wait on SQLite's busy timeout. The server's store
+    (`serving`) moves most WAL checkpoints off the request path (its housekeeping
+    thread calls checkpoint()) and caches reads (cached()).
+    """
+
+    WAL_RESTART_FRAMES = 4096  # pages (16 MiB of 4 KiB pages); see __init__
+    WAL_INDEX_HEADER = 48  # bytes; https://sqlite.org/walformat.html, "The WAL-Index Header"
+
+    def __init__(self, path: str, serving: bool = False):
+        super().__init__()
+        self.path = path
+        # A serving store checkpoints in the background, but a PASSIVE checkpoint never
+        # catches up with writers that never pause, and then the WAL never starts over:
+        # 12 s of 4 KiB PUTs grew it to 1.1 GB, and every read slowed as SQLite searched
+        # its index. So the commit that takes it past WAL_RESTART_FRAMES still finishes
+        # the job itself, with no writer of ours running, and the next write starts over.
+        self._autocheckpoint = self.WAL_RESTART_FRAMES if serving else 1000
+        self.local_dir = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(self.local_dir, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the database folder {self.local_dir}: "
+                             f"{error.strerror}; choose another --db-path") from None
+        self._write_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._writer = self._connect()
+        migrate(self)
+        self._wal_file, self._wal_index = self._map_wal_index() if serving else (None, None)
+
+    def describe(self) -> str:
+        return self.path
+
+    def hold(self, exclusive: bool) -> None:
+        """An advisory lock on the file, held until exit: the server holds it shared, and
+        rotate-key and restore need it alone, so they refuse while a server runs."""
+        self._lock_file = open(self.path, "rb")
+        try:
+            fcntl.flock(self._lock_file, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                        | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(f"a server is running on {self.path}; stop it first") from None
+
+    def _map_wal_index(self):
+        """SQLite's WAL index, the "-shm" file that every connection of every process
+        shares (https://sqlite.org/walformat.html): its header is rewritten by every
+        commit that changes the database. -> (open file, read-only map of the header).
+
+        Both stay open until close(), after the connections: closing any descriptor of
+        a file drops every POSIX lock this process holds on it, SQLite's included, and
+        another process would then reset the file under our map (SIGBUS)."""
+        try:
+            file = open(self.path + "-shm", "rb")
+        except OSError:
+            return None, None  # then nothing is cached
+        try:
+            return file, mmap.mmap(file.fileno(), self.WAL_INDEX_HEADER,
+                                   access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return file, None
+
+    def change_stamp(self):
+        """One memory read of the WAL index header. A statement would cost far more
+        under load than its own few microseconds: SQLite lets go of the GIL while it
+        runs, and getting the GIL back among many busy request threads is what made a
+        GET slow."""
+        return self._wal_index[:self.WAL_INDEX_HEADER] if self._wal_index else None
+
+    def _connect(self, reader: bool = False) -> sqlite3.Connection:
+        """A connection; the writer also sets the file's modes (readers inherit them)."""
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                 check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout = 30000")
+            if reader:
+                db.execute("PRAGMA cache_size = -1024")  # 1 MiB each; there may be many
+                return db
+            # Takes effect only on a new, empty file, and only before it switches to WAL.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise StoreError(f"{self.path}: SQLite could not switch to WAL mode")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+            # FAST zeroes deleted rows inside pages at no extra I/O; purge, encrypt-existing
+            # and rotate-key switch to ON (see erasing()), which also zeroes freed pages.
+            db.execute("PRAGMA secure_delete = FAST")
+            db.execute("PRAGMA journal_size_limit = 67108864")
+            return db
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open the database {self.path}: {error}") from None
+
+    # -- schema version and SQL --------------------------------------------------
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def schema_version(self, tx: "Records") -> int:
+        return tx.value("PRAGMA user_version")
+
+    def set_schema_version(self, tx: "Records", version: int) -> None:
+        tx.run(f"PRAGMA user_version = {int(version)}")
+
+    def run_ddl(self, tx: "Records", script: str) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip():
+                tx.run(statement)
+
+    def lock(self, db, name: str) -> None:
+        """Nothing to do: a write transaction is the only writer (BEGIN IMMEDIATE)."""
+
+    # -- transactions --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self, snapshot: bool = False):
+        """A reader; with `snapshot`, its statements share one read transaction
+        (needed when a row is looked up and its payload read in separate steps)."""
+        try:
+            db = self._readers.pop()  # list pop and append are atomic: no lock (LOCK_FREE)
+        except IndexError:
+            db = self._connect(reader=True)
+        try:
+            with self._errors():
+                if snapshot:
+                    db.execute("BEGIN")
+                try:
+                    yield Records(self, db)
+                finally:
+                    if db.in_transaction:
+                        db.execute("COMMIT")
+        finally:
+            if len(self._readers) < MAX_IDLE_CONNECTIONS:
+                self._readers.append(db)
+            else:
+                db.close()
+
+    @contextlib.contextmanager
+    def write(self):
+        """The one write transaction (BEGIN IMMEDIATE)."""
+        with self._write_lock, self._errors():
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Records(self, db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """A full disk -> StoreFull, a database locked too long -> StoreUnavailable."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StoreFull(f"the disk holding {self.path} is full") from error
+            if getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY,
+                                                            sqlite3.SQLITE_LOCKED):
+                raise StoreUnavailable(f"{self.path} is locked by another process") from error
+            raise
+
+    # -- payloads: a large one is streamed through blob I/O ---------------------------
+
+    def write_payload(self, db, stored, key_id: str | None, payload_id: int | None) -> int:
+        """A large payload goes in as a zeroblob filled through blob I/O, so SQLite never
+        builds the whole record in memory (that works because data is its last column)."""
+        small = len(stored) <= MiB
+        value, placeholder = (stored, "?") if small else (len(stored), "zeroblob(?)")
+        if payload_id is None:
+            payload_id = db.execute(f"INSERT INTO payloads (key_id, data) VALUES "
+                                    f"(?, {placeholder})", (key_id, value)).lastrowid
+        else:
+            db.execute(f"UPDATE payloads SET key_id = ?, data = {placeholder} WHERE id = ?",
+                       (key_id, value, payload_id))
+        if not small:
+            view = memoryview(stored)
+            with db.blobopen("payloads", "data", payload_id) as blob:
+                for offset in range(0, len(view), MiB):
+                    blob.write(view[offset:offset + MiB])
+        return payload_id
+
+    def read_payload(self, db, payload_id: int) -> bytes:
+        with db.blobopen("payloads", "data", payload_id, readonly=True) as blob:
+            return blob.read()
+
+    # -- upkeep --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def erasing(self, db):
+        """SQLite's secure_delete: freed rows and pages are overwritten with zeros."""
+        db.execute("PRAGMA secure_delete = ON")
+        try:
+            yield db
+        finally:
+            db.execute("PRAGMA secure_delete = FAST")
+
+    def is_writable(self) -> bool:
+        if not self._write_lock.acquire(timeout=2):
+            return False
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+            self._writer.execute("ROLLBACK")
+            return os.access(self.path, os.W_OK)
+        except sqlite3.Error:
+            return False
+        finally:
+            self._write_lock.release()
+
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
+                   if os.path.exists(self.path + suffix))
+
+    def rewrite(self) -> None:
+        """VACUUM: rebuild the file, so no freed bytes of old payloads remain anywhere in it.
+        Writers wait meanwhile (seconds for a large database)."""
+        with self._write_lock:
+            self._writer.execute("VACUUM")
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def release_free_pages(self) -> None:
+        with self._write_lock:
+            self._writer.execute("PRAGMA incremental_vacuum")
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Copy the WAL into the database: PASSIVE (never waits for readers or the writer)
+        while serving, TRUNCATE at shutdown."""
+        if final:
+            with self._write_lock:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            with self.read() as tx:
+                tx.one("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def copy_to_file(self, path: str) -> None:
+        """SQLite's online backup API: a consistent copy while writers go on."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as source, \
+                contextlib.closing(sqlite3.connect(path)) as copy:
+            source.backup(copy)
+
+    def close(self) -> None:
+        readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
+        with self._write_lock:
+            self._writer.close()
+        wal_index, self._wal_index = self._wal_index, None
+        for handle in (wal_index, self._wal_file):
+            if handle:
+                handle.close()
+
+
+def import_psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError("DATABASE_URL names a PostgreSQL database, which needs psycopg 3: "
+                         "pip install 'psycopg[binary]'") from None
+    return psycopg
+
+
+class PgRow(tuple):
+    """A row that answers by position and by column name, like sqlite3.Row."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+def pg_rows(cursor):
+    """psycopg's row factory for PgRow."""
+    names = {column.name: index for index, column in enumerate(cursor.description or ())}
+
+    def make(values):
+        row = PgRow(values)
+        row.names = names
+        return row
+    return make
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database, shared by any number of oxsync processes.
+
+    Connections are pooled in autocommit mode, and a transaction is an explicit
+    BEGIN ... COMMIT. Writers of one namespace take turns on a transaction-scoped
+    advisory lock (Records.lock). Every write sends NOTIFY oxsync; each process
+    LISTENs on a connection of its own and drops its read cache when a notice has
+    arrived, checked without a round trip (a poll of that connection's socket). While
+    that connection is down nothing is cached, so a change made elsewhere (a revoked
+    token) counts from the next request in any case.
+    """
+
+    DDL_TYPES = [(r"\bINTEGER PRIMARY KEY\b",
+                  "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+                 (r"\bINTEGER\b", "BIGINT"), (r"\bREAL\b", "DOUBLE PRECISION"),
+                 (r"\bBLOB\b", "BYTEA")]
+    SEQUENCES = ("payloads", "conflicts")  # their ids come from an identity column
+    IN_DOUBT = ("the database connection was lost while committing; the change may or may "
+                "not have been stored: read it back before retrying")
+
+    def __init__(self, url: str, serving: bool = False):
+        super().__init__()
+        self.psycopg = import_psycopg()
+        self.url, self.serving = url, serving
+        self._secret = urllib.parse.unquote(urllib.parse.urlsplit(url).password or "")
+        self._idle: list = []
+        self._sql: dict[str, str] = {}
+        self._stamps = itertools.count()
+        self._stamp = None
+        self._listener = None
+        self._listen_lock = threading.Lock()
+        self._next_listen_try = 0.0
+        self._held = None
+        with self._errors("connect to"):
+            self._put(self._get())
+        migrate(self)
+        if serving:
+            self._listen()
+
+    def describe(self) -> str:
+        return f"PostgreSQL {mask_url(self.url)}"
+
+    def _scrub(self, error) -> str:
+        """psycopg's message in one line, without the password."""
+        text = " ".join(str(error).split())
+        return text.replace(self._secret, "***") if self._secret else text
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str = "use"):
+        """The server unreachable or going away -> StoreUnavailable (503), its disk
+        full -> StoreFull (507); anything else stays an error of our own making."""
+        psycopg = self.psycopg
+        try:
+            yield
+        except psycopg.errors.DiskFull as error:
+            raise StoreFull(f"{self.describe()}: {self._scrub(error)}") from None
+        except psycopg.OperationalError as error:
+            raise StoreUnavailable(f"cannot {doing} {self.describe()}: "
+                                   f"{self._scrub(error)}") from None
+        except psycopg.InterfaceError as error:
+            raise StoreUnavailable(f"lost the connection to {self.describe()}: "
+                                   f"{self._scrub(error)}") from None
+
+    # -- connections ---------------------------------------------------------------
+
+    def _get(self):
+        while self._idle:
+            try:
+                db = self._idle.pop()  # atomic (LOCK_FREE)
+            except IndexError:
+                break
+            if not db.closed:
+                return db
+        return self.psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                    row_factory=pg_rows, application_name="oxsync")
+
+    def _put(self, db) -> None:
+        healthy = not db.closed and db.info.transaction_status == \
+            self.psycopg.pq.TransactionStatus.IDLE
+        if healthy and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(db)
+        else:
+            with contextlib.suppress(Exception):
+                db.close()
+
+    def sql(self, statement: str) -> str:
+        """'?' placeholders become '%s' (and a literal '%' becomes '%%')."""
+        translated = self._sql.get(statement)
+        if translated is None:
+            translated = statement.replace("%", "%%").replace("?", "%s")
+            self._sql[statement] = translated
+        return translated
+
+    @contextlib.contextmanager
+    def read(self, snapshot: bool = False):
+        """A reader on an autocommit connection: each statement sees what is committed;
+        with `snapshot`, one REPEATABLE READ transaction gives them all one view."""
+        with self._errors():
+            db = self._get()
+            try:
+                if snapshot:
+                    db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                yield Records(self, db)
+                if snapshot:
+                    db.execute("COMMIT")
+            finally:
+                if db.info.transaction_status != self.psycopg.pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(Exception):
+                        db.execute("ROLLBACK")
+                self._put(db)
+
+    @contextlib.contextmanager
+    def write(self):
+        """BEGIN ... NOTIFY oxsync; COMMIT. A COMMIT whose answer never came leaves the
+        change in doubt: that is said as it is (500), not as a 503 to retry blindly."""
+        with self._errors():
+            db = self._get()
+            try:
+                db.execute("BEGIN")
+                yield Records(self, db)
+                db.execute("NOTIFY oxsync")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    db.execute("ROLLBACK")
+                self._put(db)
+                raise
+            try:
+                db.execute("COMMIT")
+            except self.psycopg.OperationalError as error:
+                db.close()
+                raise StoreError(self.IN_DOUBT) from error
+            self._stamp = next(self._stamps)  # read-your-writes in this process
+            self._put(db)
+
+    # -- schema version ------------------------------------------------------------
+
+    def schema_version(self, tx: "Records") -> int:
+        """Under a lock, so that processes starting together migrate once."""
+        tx.run("SELECT pg_advisory_xact_lock(?)", (lock_key("schema"),))
+        tx.run("CREATE TABLE IF NOT EXISTS oxsync_schema (version INTEGER NOT NULL)")
+        return tx.value("SELECT max(version) FROM oxsync_schema") or 0
+
+    def set_schema_version(self, tx: "Records", version: int) -> None:
+        tx.run("DELETE FROM oxsync_schema")
+        tx.run("INSERT INTO oxsync_schema (version) VALUES (?)", (version,))
+
+    def run_ddl(self, tx: "Records", script: str) -> None:
+        for pattern, replacement in self.DDL_TYPES:
+            script = re.sub(pattern, replacement, script)
+        tx.db.execute(script)
+
+    # -- locks ---------------------------------------------------------------------
+
+    def lock(self, db, name: str) -> None:
+        """A transaction-scoped advisory lock: other processes' writers wait for it."""
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+
+    @contextlib.contextmanager
+    def exclusively(self, name: str):
+        with self._errors():
+            db, ours = self._get(), False
+            try:
+                ours = db.execute("SELECT pg_try_advisory_lock(%s)",
+                                  (lock_key(name),)).fetchone()[0]
+                yield ours
+            finally:
+                if ours:
+                    db.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+                self._put(db)
+
+    def hold(self, exclusive: bool) -> None:
+        """Servers hold a shared lock on their own connection; rotate-key needs it alone."""
+        with self._errors("connect to"):
+            self._held = self._get()
+            how = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
+            if not self._held.execute(f"SELECT {how}(%s)", (lock_key("servers"),)).fetchone()[0]:
+                raise StoreError(f"a server is running on {self.describe()}; stop every "
+                                 "oxsync process using it first")
+
+    # -- change notices --------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """A connection of its own that hears every process's NOTIFY oxsync."""
+        self._next_listen_try = time.monotonic() + 1
+        try:
+            listener = self.psycopg.connect(self.url, autocommit=True, connect_timeout=2,
+                                            application_name="oxsync listener")
+            listener.execute("LISTEN oxsync")
+        except self.psycopg.Error as error:
+            log.warning("cannot listen for changes on %s (nothing is cached until then): "
+                        "%s", self.describe(), self._scrub(error))
+            return
+        self._listener = listener
+        self._stamp = next(self._stamps)  # anything may have changed while deaf
+
+    def change_stamp(self):
+        """A poll of the listening socket (no round trip): notices that have arrived
+        change the stamp. While not listening: None, and then nothing is cached."""
+        listener = self._listener
+        if listener is None:
+            if self.serving and time.monotonic() >= self._next_listen_try and \
+                    self._listen_lock.acquire(blocking=False):
+                try:
+                    self._listen()
+                finally:
+                    self._listen_lock.release()
+            return None
+        try:
+            if select.select([listener.fileno()], [], [], 0)[0] or self._listen_lock.locked():
+                with self._listen_lock:
+                    listener.pgconn.consume_input()
+                    while listener.pgconn.notifies() is not None:
+                        self._stamp = next(self._stamps)
+                    if listener.pgconn.status != self.psycopg.pq.ConnStatus.OK:
+                        raise self.psycopg.OperationalError("listener closed")
+        except (self.psycopg.Error, OSError, ValueError):
+            self._listener = None
+            with contextlib.suppress(Exception):
+                listener.close()
+            log.warning("lost the change notices of %s; reconnecting", self.describe())
+            return None
+        return self._stamp
+
+    # -- payloads ------------------------------------------------------------------
+
+    def write_payload(self, db, stored, key_id: str | None, payload_id: int | None) -> int:
+        data = bytes(stored)
+        if payload_id is None:
+            return db.execute("INSERT INTO payloads (key_id, data) VALUES (%s, %s) "
+                              "RETURNING id", (key_id, data)).fetchone()[0]
+        db.execute("UPDATE payloads SET key_id = %s, data = %s WHERE id = %s",
+                   (key_id, data, payload_id))
+        return payload_id
+
+    def read_payload(self, db, payload_id: int) -> bytes:
+        row = db.cursor(binary=True).execute("SELECT data FROM payloads WHERE id = %s",
+                                             (payload_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"payload {payload_id} is missing from {self.describe()}")
+        return row[0]
+
+    # -- upkeep --------------------------------------------------------------------
+
+    def after_copy(self, tx: "Records") -> None:
+        for table in self.SEQUENCES:
+            tx.run(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                   f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
+
+    def is_writable(self) -> bool:
+        try:
+            with self.read() as tx:
+                return not tx.value("SELECT pg_is_in_recovery()")
+        except StoreError:
+            return False
+
+    def size_bytes(self) -> int:
+        with self.read() as tx:
+            return tx.value("SELECT pg_database_size(current_database())")
+
+    def rewrite(self) -> None:
+        """VACUUM FULL of the payloads: no dead copy of an old payload stays in the table
+        files. It locks the table meanwhile (seconds for a large database)."""
+        with self._errors():
+            db = self._get()
+            try:
+                db.execute("VACUUM FULL payloads")
+            finally:
+                self._put(db)
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for db in idle + [self._listener, self._held]:
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    db.close()
+
+
+def lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit number) for a lock's name."""
+    return int.from_bytes(hashlib.sha256(b"oxsync " + name.encode()).digest()[:8], "big",
+                          signed=True)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (user:PASSWORD@, or password=) replaced by ***."""
+    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def migrate(store: Store) -> None:
+    """Bring the schema up to SCHEMA_VERSION, in one transaction; refuse a schema
+    written by a newer oxsync."""
+    try:
+        with store.write() as tx:
+            version = store.schema_version(tx)
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{store.describe()} was written by a newer oxsync (schema "
+                                 f"{version}, this version knows {SCHEMA_VERSION}); "
+                                 "upgrade oxsync")
+            for number in range(version, SCHEMA_VERSION):
+                store.run_ddl(tx, MIGRATIONS[number])
+                if number == 1:
+                    tx.copy_snapshot_fields()
+                store.set_schema_version(tx, number + 1)
+                log.info("database schema migrated to version %d", number + 1)
+    except StoreError:
+        raise
+    except Exception as error:  # sqlite3 or psycopg: no rights, a damaged file, ...
+        raise StoreError(f"cannot bring {store.describe()} to schema {SCHEMA_VERSION}: "
+                         f"{' '.join(str(error).split())}") from None
+
+
+def open_database(config: Config, serving: bool = False) -> Store:
+    if config.database_url:
+        return PostgresStore(config.database_url, serving=serving)
+    return SQLiteStore(config.db_path, serving=serving)
+
+
+def open_store(config: Config) -> tuple[Store, Sealer]:
+    """Open the database and check that the configured key fits what it holds."""
+    sealer = Sealer(config.encryption_key)
+    store = open_database(config, serving=True)
+    store.hold(exclusive=False)
+    check_key(store, sealer)
+    return store, sealer
 
 
 # ---------------------------------------------------------------------------
@@ -1505,22 +2378,26 @@ def check_token_name(name: str) -> str:
     return name
 
 
-def create_token(db, name: str, pattern: str, permissions: str,
+def check_expiry(expires_at: float | None, now: float) -> float | None:
+    if expires_at is not None and expires_at <= now:
+        raise ValueError(f"the expiry {rfc3339(expires_at)} has already passed; choose a "
+                         "time in the future, or none")
+    return expires_at
+
+
+def create_token(tx: Records, name: str, pattern: str, permissions: str,
                  expires_at: float | None) -> tuple[str, str]:
     """-> (token id, raw token). The raw token is never stored."""
-    token_id, raw = secrets.token_hex(6), new_token_secret()
-    db.execute("INSERT INTO tokens (id, name, token_hash, namespace_pattern, permissions, "
-               "expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (token_id, check_token_name(name), hash_token(raw), check_pattern(pattern),
-                parse_permissions(permissions), expires_at, time.time()))
+    token_id, raw, now = secrets.token_hex(6), new_token_secret(), time.time()
+    tx.insert_token(token_id, check_token_name(name), hash_token(raw), check_pattern(pattern),
+                    parse_permissions(permissions), check_expiry(expires_at, now), now)
     return token_id, raw
 
 
-def rotate_token(db, token_id: str) -> str | None:
+def rotate_token(tx: Records, token_id: str) -> str | None:
     """A new secret for the same token; the old one stops working at once."""
     raw = new_token_secret()
-    changed = db.execute("UPDATE tokens SET token_hash = ?, rotated_at = ? WHERE id = ?",
-                         (hash_token(raw), time.time(), token_id)).rowcount
+    changed = tx.update_token(token_id, token_hash=hash_token(raw), rotated_at=time.time())
     return raw if changed else None
 
 
@@ -1562,11 +2439,8 @@ def authenticate(store: Store, raw: str, namespace: str):
     """The token's row joined with the namespace's (its columns NULL when there is none):
     one cached statement, so the hottest path, GET metadata, usually runs no SQL at all."""
     token_hash = hash_token(raw)
-    row = store.cached(("token", namespace, token_hash), lambda db: db.execute(
-        "SELECT t.id, t.name, t.namespace_pattern, t.permissions, t.enabled, t.expires_at, "
-        "n.name AS namespace, n.metadata, n.etag, n.deleted_at FROM tokens t "
-        "LEFT JOIN namespaces n ON n.name = ? WHERE t.token_hash = ?",
-        (namespace, token_hash)).fetchone())
+    row = store.cached(("token", namespace, token_hash),
+                       lambda tx: tx.token_for_namespace(token_hash, namespace))
     if row is None:
         raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
                              "server's administrator for a new one")
@@ -1621,13 +2495,18 @@ class UsageCounter:
         self.collect()
         with self._lock:
             pending, self._pending = self._pending, {}
-        if pending:
-            with store.write() as db:
-                db.executemany(
-                    "UPDATE tokens SET use_count = use_count + ?, last_used_at = ?, "
-                    "last_namespace = ?, last_ip = ?, "
-                    "last_client_version = coalesce(?, last_client_version) WHERE id = ?",
-                    [(*values, token_id) for token_id, values in pending.items()])
+        if not pending:
+            return
+        try:
+            with store.write() as tx:
+                tx.add_token_use(pending)
+        except StoreError:  # counted again with the next batch
+            with self._lock:
+                for token_id, values in pending.items():
+                    later = self._pending.get(token_id)
+                    self._pending[token_id] = [values[0] + later[0], *later[1:]] if later \
+                        else values
+            raise
 
 
 # ---------------------------------------------------------------------------
@@ -2462,18 +3341,19 @@ class App:
         self.usage = UsageCounter()
         self.watch = ConnectionWatch()
         self.turns = Turns()
-        self.data_dir = os.path.dirname(os.path.abspath(config.db_path))
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
         self.metrics = Metrics()
         self.started = time.monotonic()
         self.admin_page = load_admin_page()
 
-    def disk_free(self) -> int:
-        return shutil.disk_usage(self.data_dir).free
+    def disk_free(self) -> int | None:
+        """Free bytes on the database's disk; None when it is not on this machine."""
+        folder = self.store.local_dir
+        return shutil.disk_usage(folder).free if folder else None
 
     def require_space(self, incoming: int) -> None:
         free = self.disk_free()
-        if free - incoming < self.config.min_free_disk_bytes:
+        if free is not None and free - incoming < self.config.min_free_disk_bytes:
             log.error("refusing a write: %d bytes free on the data disk, minimum %d", free,
                       self.config.min_free_disk_bytes)
             raise HTTPError(507, "the server's disk is nearly full, so it accepts no writes; "
@@ -2491,15 +3371,18 @@ class App:
 
     def explain_failure(self, error: Exception, request) -> HTTPError:
         """An unexpected exception as a JSON answer; the traceback goes to the log only."""
-        name = getattr(error, "sqlite_errorname", "")
-        if name.startswith("SQLITE_FULL") or getattr(error, "errno", None) == 28:
-            log.error("disk full while answering %s %s: %s", request.command,
-                      request.path[:200], error)
+        where = f"{request.command} {request.path[:200]}"
+        if isinstance(error, StoreFull) or getattr(error, "errno", None) == 28:
+            log.error("disk full while answering %s: %s", where, error)
             return HTTPError(507, "the server's disk is full; nothing was stored; ask its "
                                   "administrator to free space")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            log.warning("database busy answering %s %s", request.command, request.path[:200])
-            return HTTPError(503, "the database is busy; nothing was stored; retry shortly")
+        if isinstance(error, StoreUnavailable):
+            log.warning("database unavailable answering %s: %s", where, error)
+            return HTTPError(503, "the database is busy or unreachable; nothing was stored; "
+                                  "retry shortly", headers=[("Retry-After", "2")])
+        if isinstance(error, StoreError):
+            log.error("database error answering %s: %s", where, error)
+            return HTTPError(500, f"database error: {error}")
         log.exception("unexpected error answering %s %s", request.command, request.path[:200])
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
@@ -2653,23 +3536,15 @@ def not_modified(request, etag: str | None) -> Response | None:
     return None
 
 
-def writable_namespace(db, namespace: str, now: float):
-    row = ensure_namespace(db, namespace, now)
+def writable_namespace(tx: Records, namespace: str, now: float):
+    """The namespace's row, with its write turn taken (created empty if it is new)."""
+    row = tx.lock_namespace(namespace, now)
     if row["deleted_at"] is not None:
         raise namespace_deleted(namespace)
     return row
 
 
-def stored_metadata(row) -> dict:
-    return json.loads(row["metadata"]) if row is not None and row["metadata"] else {}
-
-
-def save_metadata(db, namespace: str, metadata: dict, now: float) -> None:
-    db.execute("UPDATE namespaces SET metadata = ?, etag = ?, updated_at = ? WHERE name = ?",
-               (json_body(metadata).decode(), metadata["etag"], now, namespace))
-
-
-def conflict_or_none(db, request, conditions, namespace: str, operation: str, *,
+def conflict_or_none(tx: Records, request, conditions, namespace: str, operation: str, *,
                      current_etag, current_revision=None, path=None, revision=None,
                      device_id=None) -> ConflictError | None:
     """Check the preconditions inside the write transaction; log a conflict row if they fail."""
@@ -2677,7 +3552,7 @@ def conflict_or_none(db, request, conditions, namespace: str, operation: str, *,
         return None
     requested = ", ".join("*" if tags == ANY_ETAG else ", ".join(sorted(tags))
                           for tags, _ in conditions)
-    record_conflict(db, namespace, operation, path=path, device_id=device_id,
+    tx.record_conflict(namespace, operation, path=path, device_id=device_id,
                     token_id=request.token_id, requested_etag=requested,
                     requested_revision=revision, remote_etag=current_etag,
                     remote_revision=current_revision)
@@ -2731,13 +3606,13 @@ def put_metadata(request, ns):
     manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
                                  "metadata")
     revision = manifest.get("revision")
-    if not isinstance(revision, str) or not revision:
-        raise HTTPError(400, "metadata needs a non-empty string 'revision'")
+    if not isinstance(revision, str) or not revision or "\0" in revision:
+        raise HTTPError(400, "metadata needs a non-empty string 'revision' (without NUL)")
     now = time.time()
-    with app.store.write() as db:
-        row = writable_namespace(db, ns, now)
+    with app.store.write() as tx:
+        row = writable_namespace(tx, ns, now)
         previous = stored_metadata(row)
-        conflict = conflict_or_none(db, request, conditions, ns, "metadata",
+        conflict = conflict_or_none(tx, request, conditions, ns, "metadata",
                                     current_etag=row["etag"],
                                     current_revision=previous.get("revision"),
                                     revision=revision, device_id=manifest.get("deviceId"))
@@ -2750,42 +3625,24 @@ def put_metadata(request, ns):
             metadata["contentLength"] = previous.get("contentLength", 0)
             if "contentHash" in previous:
                 metadata["contentHash"] = previous["contentHash"]
-            save_metadata(db, ns, metadata, now)
-            record_manifest(db, ns, metadata, now, request.token_id)
+            tx.save_metadata(ns, metadata, now)
+            tx.record_manifest(ns, metadata, now, request.token_id)
     if conflict:
         raise conflict
     return write_answer(metadata)
 
 
-def record_manifest(db, namespace: str, metadata: dict, now: float, token_id: str | None,
-                    rollback_of: int | None = None) -> int:
-    """Every accepted manifest becomes a version in the namespace's history."""
-    seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
-                     (namespace,)).fetchone()[0]
-    device = metadata.get("deviceId")
-    db.execute("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
-               "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (namespace, seq, now, metadata["etag"], str(metadata.get("revision")),
-                device if isinstance(device, str) else None,
-                metadata.get("format") if isinstance(metadata.get("format"), str) else None,
-                token_id, rollback_of, json_body(metadata).decode()))
-    return seq
-
-
 @route("GET", "/v1/namespaces/{ns}/blob")
 def get_blob(request, ns):
     sync_access(request, ns, "read")
-    with request.app.store.read(snapshot=True) as db:  # the etag of exactly these bytes
-        blob = db.execute("SELECT b.payload_id, p.key_id, n.etag FROM blobs b "
-                          "JOIN payloads p ON p.id = b.payload_id "
-                          "JOIN namespaces n ON n.name = b.namespace WHERE b.namespace = ?",
-                          (ns,)).fetchone()
+    with request.app.store.read(snapshot=True) as tx:  # the etag of exactly these bytes
+        blob = tx.blob(ns)
         if blob is None:
             raise HTTPError(404, f"namespace '{ns}' has no snapshot yet")
         cached = not_modified(request, blob["etag"])
         if cached:
             return cached
-        stored = read_payload(db, blob["payload_id"])
+        stored = tx.read_payload(blob["payload_id"])
     data = open_payload(request, stored, blob["key_id"], ns, "blob")
     return Response(200, data, [("ETag", quote_etag(blob["etag"]))], SNAPSHOT_TYPE)
 
@@ -2810,10 +3667,10 @@ def put_blob(request, ns):
     stored, key_id = app.sealer.seal(body, payload_context(ns, "blob"))
     del body
     now = time.time()
-    with app.store.write() as db:
-        row = writable_namespace(db, ns, now)
+    with app.store.write() as tx:
+        row = writable_namespace(tx, ns, now)
         metadata = stored_metadata(row)
-        conflict = conflict_or_none(db, request, conditions, ns, "blob",
+        conflict = conflict_or_none(tx, request, conditions, ns, "blob",
                                     current_etag=row["etag"],
                                     current_revision=metadata.get("revision"),
                                     revision=revision, device_id=device_id)
@@ -2821,14 +3678,12 @@ def put_blob(request, ns):
             set_blob_metadata(metadata, revision=revision, digest=digest, size=size,
                               uploaded=now, content_type=content_type, device_id=device_id,
                               section_revisions=section_revisions)
-            save_metadata(db, ns, metadata, now)
-            keep_blob_version(db, ns, app.config.blob_history)
+            tx.save_metadata(ns, metadata, now)
+            tx.keep_blob_version(ns, app.config.blob_history)
             sections = metadata.get("sectionRevisions")
-            db.execute(f"INSERT OR REPLACE INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (ns, now, store_payload(db, stored, key_id), revision, device_id,
+            tx.put_blob(ns, now, tx.store_payload(stored, key_id), revision, device_id,
                         None if sections is None else json_body(sections).decode(),
-                        content_type, size, digest))
+                        content_type, size, digest)
     if conflict:
         raise conflict
     return write_answer(metadata)
@@ -2837,16 +3692,14 @@ def put_blob(request, ns):
 @route("GET", "/v1/namespaces/{ns}/objects/{path*}")
 def get_object(request, ns, path):
     sync_access(request, ns, "read")
-    with request.app.store.read(snapshot=True) as db:
-        row = db.execute("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
-                         "FROM objects o JOIN payloads p ON p.id = o.payload_id "
-                         "WHERE o.namespace = ? AND o.path = ?", (ns, path)).fetchone()
+    with request.app.store.read(snapshot=True) as tx:
+        row = tx.object(ns, path)
         if row is None:
             raise HTTPError(404, f"no object {path!r} in namespace '{ns}'")
         cached = not_modified(request, row["etag"])
         if cached:
             return cached
-        stored = read_payload(db, row["payload_id"])
+        stored = tx.read_payload(row["payload_id"])
     data = open_payload(request, stored, row["key_id"], ns, "object", path)
     content_type = row["content_type"] or TYPES_BY_EXTENSION.get(
         os.path.splitext(path)[1].lower(), "application/octet-stream")
@@ -2865,21 +3718,18 @@ def put_object(request, ns, path):
     stored, key_id = app.sealer.seal(body, payload_context(ns, "object", path))
     del body
     now = time.time()
-    with app.store.write() as db:
-        writable_namespace(db, ns, now)
-        existing = db.execute("SELECT etag, payload_id FROM objects WHERE namespace = ? AND "
-                              "path = ?", (ns, path)).fetchone()
-        conflict = conflict_or_none(db, request, conditions, ns, "object", path=path,
+    with app.store.write() as tx:
+        writable_namespace(tx, ns, now)
+        existing = tx.object(ns, path)
+        conflict = conflict_or_none(tx, request, conditions, ns, "object", path=path,
                                     current_etag=existing["etag"] if existing else None)
         if conflict is None:
             etag = new_etag()
-            db.execute("INSERT OR REPLACE INTO objects (namespace, path, payload_id, size, etag, "
-                       "content_type, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (ns, path, store_payload(db, stored, key_id), size, etag, content_type,
-                        now))
+            tx.put_object(ns, path, tx.store_payload(stored, key_id), size, etag, content_type,
+                          now)
             if existing:
-                drop_payloads(db, [existing["payload_id"]])
-            db.execute("UPDATE namespaces SET updated_at = ? WHERE name = ?", (now, ns))
+                tx.drop_payloads([existing["payload_id"]])
+            tx.touch_namespace(ns, now)
     if conflict:
         raise conflict
     return json_response({"ok": True, "etag": etag}, 200 if existing else 201,
@@ -2896,9 +3746,12 @@ def ready(request):
     app = request.app
     free = app.disk_free()
     writable = app.store.is_writable()
-    above = free >= app.config.min_free_disk_bytes
-    with app.store.read() as db:
-        admin_enabled = admin_exists(db)
+    above = free is None or free >= app.config.min_free_disk_bytes
+    try:
+        with app.store.read() as tx:
+            admin_enabled = tx.admin_exists()
+    except StoreUnavailable:
+        writable, admin_enabled = False, None
     body = {"status": "ok" if writable and above else "degraded", "dbWritable": writable,
             "diskFreeBytes": free, "minFreeDiskBytes": app.config.min_free_disk_bytes,
             "diskAboveMinimum": above, "encryptionEnabled": app.sealer.enabled,
@@ -2922,9 +3775,11 @@ def metrics(request):
                                                                expected):
         app.metrics.add("auth_failures")
         raise HTTPError(401, "metrics need 'Authorization: Bearer <METRICS_TOKEN>'")
-    gauges = {"database_bytes": app.store.file_bytes(), "disk_free_bytes": app.disk_free(),
+    gauges = {"database_bytes": app.store.size_bytes(), "disk_free_bytes": app.disk_free(),
               "open_connections": app.watch.open_connections(),
               "encryption_enabled": int(app.sealer.enabled)}
+    if gauges["disk_free_bytes"] is None:  # the database is not on this machine
+        del gauges["disk_free_bytes"]
     if app.certificate and app.certificate.expires_at:
         gauges["tls_certificate_expiry_timestamp_seconds"] = int(app.certificate.expires_at)
     return Response(200, app.metrics.render(gauges).encode(),
@@ -2970,27 +3825,39 @@ def check_password_strength(password: str) -> str:
 def set_admin_password(store: Store, username: str, password: str) -> str:
     """Create, or reset and enable, an admin user -> 'created', 'reset' or 'unchanged'.
 
-    The same password again keeps the old hash, so a restart with ADMIN_PASSWORD set does
-    not end the user's sessions. scrypt runs before the write lock is taken: it takes a
-    tenth of a second, and sync uploads must not wait for it.
+    The same password again keeps the old hash, so a restart does not end the user's
+    sessions. scrypt runs outside the write transaction: it takes a tenth of a second,
+    and sync uploads must not wait for it.
     """
-    with store.read() as db:
-        row = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
-                         (username,)).fetchone()
+    with store.read() as tx:
+        row = tx.admin_user(username)
     if row and row["enabled"] and verify_password(password, row["password_hash"]):
         return "unchanged"
     password_hash, now = hash_password(check_password_strength(password)), time.time()
-    with store.write() as db:
-        db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
-                   "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO UPDATE SET "
-                   "password_hash = excluded.password_hash, enabled = 1, "
-                   "updated_at = excluded.updated_at", (username, password_hash, now, now))
+    with store.write() as tx:
+        tx.lock_admin_users()
+        if not tx.insert_admin_user(username, password_hash, now):
+            tx.set_admin_user(username, password_hash=password_hash, enabled=True, now=now)
     return "reset" if row else "created"
 
 
-def admin_exists(db) -> bool:
-    return db.execute("SELECT 1 FROM admin_users WHERE enabled = 1 LIMIT 1").fetchone() \
-        is not None
+def apply_admin_password(store: Store, username: str, password: str) -> str:
+    """ADMIN_PASSWORD at startup -> 'created', 'reset', 'unchanged' or 'kept'.
+
+    A value seen for the first time creates or resets the user (the way back in after
+    a forgotten password). The value applied last is remembered (its scrypt hash, in
+    settings), so the same value at the next start changes nothing: a password changed
+    in the admin page or with the CLI since then is kept ('kept'), and so is a disable.
+    """
+    setting = f"admin_password_applied {username}"
+    with store.read() as tx:
+        applied = tx.setting(setting)
+    if applied and verify_password(password, applied):
+        return "kept"
+    outcome = set_admin_password(store, username, password)
+    with store.write() as tx:
+        tx.set_setting(setting, hash_password(password))
+    return outcome
 
 
 def load_admin_page() -> bytes | None:
@@ -3027,8 +3894,8 @@ def admin_page_headers(page: bytes) -> list[tuple[str, str]]:
 
 @route("GET", "/admin")
 def admin_page(request):
-    with request.app.store.read() as db:
-        enabled = admin_exists(db)
+    with request.app.store.read() as tx:
+        enabled = tx.admin_exists()
     if not enabled:
         raise HTTPError(404, "the admin page is off because no admin user exists; start oxsync "
                              "with ADMIN_PASSWORD set (or run: oxsync admin set-password)")
@@ -3120,11 +3987,9 @@ def admin_session(request) -> dict:
         claims = jwt_decode(token, request.app.jwt_secret)
     except ValueError:
         raise HTTPError(401, "your session ended; log in again") from None
-    with request.app.store.read() as db:
-        user = db.execute("SELECT enabled, password_hash FROM admin_users WHERE username = ?",
-                          (claims["sub"],)).fetchone()
-        ended = db.execute("SELECT 1 FROM ended_sessions WHERE session_id = ?",
-                           (str(claims.get("sid")),)).fetchone()
+    with request.app.store.read() as tx:
+        user = tx.admin_user(claims["sub"])
+        ended = tx.session_ended(str(claims.get("sid")))
     if user is None or not user["enabled"] or ended or \
             claims.get("ver") != password_version(user["password_hash"]):
         raise HTTPError(401, "your session ended; log in again")
@@ -3164,57 +4029,64 @@ def login_delay_hash() -> str:
     return _dummy_hash[0]
 
 
-def login_lock_seconds(db, ip: str, now: float) -> int:
-    row = db.execute("SELECT locked_until FROM login_failures WHERE ip = ?", (ip,)).fetchone()
-    if row and row["locked_until"] and row["locked_until"] > now:
-        return int(row["locked_until"] - now) + 1
-    return 0
+def login_lock_seconds(tx: Records, ip: str, now: float) -> int:
+    locked_until = tx.login_locked_until(ip)
+    return int(locked_until - now) + 1 if locked_until and locked_until > now else 0
 
 
-def record_login_failure(db, config: Config, ip: str, now: float) -> bool:
-    """Count a failed login -> True when it locks the address out."""
-    row = db.execute("SELECT * FROM login_failures WHERE ip = ?", (ip,)).fetchone()
+def record_login_failure(tx: Records, config: Config, ip: str, now: float) -> bool:
+    """Count a failed login (every process counts into the same row) -> True when it
+    locks the address out."""
+    tx.lock_login(ip)
+    row = tx.login_failures(ip)
     if row and row["locked_until"] and row["locked_until"] > now:
         return True  # already locked by a failure that finished first
     fresh = row is None or now - row["window_start"] > config.login_window_seconds
     failures = 1 if fresh else row["failures"] + 1
     locked = failures >= config.max_login_failures
-    db.execute("INSERT OR REPLACE INTO login_failures (ip, failures, window_start, locked_until) "
-               "VALUES (?, ?, ?, ?)", (ip, 0 if locked else failures,
-                                       now if fresh else row["window_start"],
-                                       now + config.login_lockout_seconds if locked else None))
+    tx.set_login_failures(ip, 0 if locked else failures, now if fresh else row["window_start"],
+                          now + config.login_lockout_seconds if locked else None)
     return locked
 
 
+def in_words(seconds: float) -> str:
+    """'40 seconds', '1 minute', '15 minutes', '2 hours'."""
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size or unit == "second":
+            count = max(1, round(seconds / size))
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+
+
 def locked_out(seconds: int) -> HTTPError:
-    return HTTPError(429, f"too many failed logins from this address; try again in {seconds} "
-                          "seconds", headers=[("Retry-After", str(seconds))])
+    return HTTPError(429, f"Too many failed logins from this address: try again in "
+                          f"{in_words(seconds)}, or ask the operator to run 'oxsync admin "
+                          "unlock'.", headers=[("Retry-After", str(seconds))])
 
 
 @route("POST", "/admin/api/login")
 def admin_login(request):
     app, ip, now = request.app, request.client_ip(), time.time()
-    with app.store.read() as db:
-        wait = login_lock_seconds(db, ip, now)
+    with app.store.read() as tx:
+        wait = login_lock_seconds(tx, ip, now)
     if wait:
         raise locked_out(wait)
     body = admin_body(request)
     username = field(body, "username", str, required=False) or app.config.admin_username
     password = field(body, "password", str)
-    with app.store.read() as db:
-        user = db.execute("SELECT * FROM admin_users WHERE username = ?", (username,)).fetchone()
+    with app.store.read() as tx:
+        user = tx.admin_user(username)
     valid = verify_password(password, user["password_hash"] if user else login_delay_hash())
     if not (valid and user and user["enabled"]):
-        with app.store.write() as db:  # the lockout runs from now, not from before scrypt
-            locked = record_login_failure(db, app.config, ip, time.time())
+        with app.store.write() as tx:  # the lockout runs from now, not from before scrypt
+            locked = record_login_failure(tx, app.config, ip, time.time())
         # An unknown name may be a password typed into the wrong field: never log it.
         audit(request, "login-failed", f"username={username!r}" if user else
               f"unknown username ({len(username)} characters)")
         if locked:
             raise locked_out(app.config.login_lockout_seconds)
         raise HTTPError(401, "wrong username or password")
-    with app.store.write() as db:
-        db.execute("DELETE FROM login_failures WHERE ip = ?", (ip,))
+    with app.store.write() as tx:
+        tx.clear_login_failures(ip)
     request.admin_user = username
     audit(request, "login")
     path = cookie_path(field(body, "basePath", str, required=False) or "")
@@ -3240,10 +4112,8 @@ def session_view(claims: dict) -> dict:
 @route("POST", "/admin/api/logout")
 def admin_logout(request):
     claims = admin_session(request)
-    with request.app.store.write() as db:  # a copied cookie must not outlive the logout
-        db.execute("DELETE FROM ended_sessions WHERE expires_at < ?", (time.time(),))
-        db.execute("INSERT OR IGNORE INTO ended_sessions VALUES (?, ?)",
-                   (str(claims.get("sid")), claims["exp"]))
+    with request.app.store.write() as tx:  # a copied cookie must not outlive the logout
+        tx.end_session(str(claims.get("sid")), claims["exp"], time.time())
     audit(request, "logout")
     return json_response({"ok": True}, headers=session_cookies(
         request, "", "", 0, claims.get("path", "/admin")))
@@ -3259,15 +4129,14 @@ def admin_change_own_password(request):
     claims = admin_session(request)
     body = admin_body(request)
     current, new = field(body, "currentPassword", str), field(body, "newPassword", str)
-    with request.app.store.read() as db:
-        user = db.execute("SELECT password_hash FROM admin_users WHERE username = ?",
-                          (claims["sub"],)).fetchone()
+    with request.app.store.read() as tx:
+        user = existing_user(tx, claims["sub"])
     if not verify_password(current, user["password_hash"]):
         raise HTTPError(403, "the current password is wrong")
     password_hash = new_password_hash(new)
-    with request.app.store.write() as db:
-        set_user_password(db, claims["sub"], password_hash)
-        user = existing_user(db, claims["sub"])
+    with request.app.store.write() as tx:
+        tx.set_admin_user(claims["sub"], password_hash=password_hash, now=time.time())
+        user = existing_user(tx, claims["sub"])
     audit(request, "change-own-password")
     # The new password ends every other session of this user; this one continues.
     claims, cookies = new_session(request, user, claims.get("path", "/admin"))
@@ -3289,22 +4158,21 @@ def new_password_hash(password: str) -> str:
         raise HTTPError(400, str(error)) from None
 
 
-def set_user_password(db, username: str, password_hash: str) -> None:
-    db.execute("UPDATE admin_users SET password_hash = ?, updated_at = ? WHERE username = ?",
-               (password_hash, time.time(), username))
-
-
-def existing_user(db, username: str):
-    row = db.execute("SELECT * FROM admin_users WHERE username = ?", (username,)).fetchone()
+def existing_user(tx: Records, username: str):
+    row = tx.admin_user(username)
     if row is None:
         raise HTTPError(404, f"no admin user named {username!r}")
     return row
 
 
-def keep_one_admin(db, username: str) -> None:
-    others = db.execute("SELECT count(*) FROM admin_users WHERE enabled = 1 AND username != ?",
-                        (username,)).fetchone()[0]
-    if not others:
+def keep_one_admin(tx: Records, request, username: str, doing: str) -> None:
+    """Neither your own account nor the last enabled one can be disabled or deleted:
+    either would lock the operator out of the page."""
+    if username == request.admin_user:
+        raise HTTPError(409, f"you cannot {doing} your own account while logged in with it; "
+                             "another admin can, or use 'oxsync admin' on the server")
+    tx.lock_admin_users()
+    if not tx.other_enabled_admins(username):
         raise HTTPError(409, f"{username!r} is the last enabled admin user; create or enable "
                              "another one first")
 
@@ -3312,8 +4180,8 @@ def keep_one_admin(db, username: str) -> None:
 @route("GET", "/admin/api/users")
 def admin_users(request):
     admin_session(request)
-    with request.app.store.read() as db:
-        rows = db.execute("SELECT * FROM admin_users ORDER BY username").fetchall()
+    with request.app.store.read() as tx:
+        rows = tx.admin_users()
     return json_response({"users": [user_view(row) for row in rows]})
 
 
@@ -3325,12 +4193,10 @@ def admin_create_user(request):
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", username):
         raise HTTPError(400, "username must be 1-64 letters, digits or _ . @ -")
     password_hash, now = new_password_hash(password), time.time()
-    with request.app.store.write() as db:
-        if db.execute("SELECT 1 FROM admin_users WHERE username = ?", (username,)).fetchone():
+    with request.app.store.write() as tx:
+        if not tx.insert_admin_user(username, password_hash, now):
             raise HTTPError(409, f"an admin user named {username!r} already exists")
-        db.execute("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
-                   "updated_at) VALUES (?, ?, 1, ?, ?)", (username, password_hash, now, now))
-        row = existing_user(db, username)
+        row = existing_user(tx, username)
     audit(request, "create-user", f"username={username!r}")
     return json_response({"user": user_view(row)}, 201)
 
@@ -3341,16 +4207,12 @@ def admin_update_user(request, name):
     body = admin_body(request)
     enabled, password = field(body, "enabled", bool, False), field(body, "password", str, False)
     password_hash = new_password_hash(password) if password is not None else None
-    with request.app.store.write() as db:
-        existing_user(db, name)
+    with request.app.store.write() as tx:
+        existing_user(tx, name)
         if enabled is False:
-            keep_one_admin(db, name)
-        if enabled is not None:
-            db.execute("UPDATE admin_users SET enabled = ?, updated_at = ? WHERE username = ?",
-                       (enabled, time.time(), name))
-        if password_hash is not None:
-            set_user_password(db, name, password_hash)
-        row = existing_user(db, name)
+            keep_one_admin(tx, request, name, "disable")
+        tx.set_admin_user(name, password_hash=password_hash, enabled=enabled, now=time.time())
+        row = existing_user(tx, name)
     audit(request, "update-user", f"username={name!r} enabled={enabled} "
                                   f"password={'reset' if password else 'unchanged'}")
     return json_response({"user": user_view(row)})
@@ -3359,18 +4221,18 @@ def admin_update_user(request, name):
 @route("DELETE", "/admin/api/users/{name}")
 def admin_delete_user(request, name):
     admin_session(request)
-    with request.app.store.write() as db:
-        existing_user(db, name)
-        keep_one_admin(db, name)
-        db.execute("DELETE FROM admin_users WHERE username = ?", (name,))
+    with request.app.store.write() as tx:
+        existing_user(tx, name)
+        keep_one_admin(tx, request, name, "delete")
+        tx.delete_admin_user(name)
     audit(request, "delete-user", f"username={name!r}")
     return json_response({"ok": True})
 
 
 # -- tokens --------------------------------------------------------------------
 
-def existing_token(db, token_id: str):
-    row = db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+def existing_token(tx: Records, token_id: str):
+    row = tx.token(token_id)
     if row is None:
         raise HTTPError(404, f"no token with id {token_id!r}")
     return row
@@ -3379,7 +4241,7 @@ def existing_token(db, token_id: str):
 def expiry_field(body: dict) -> float | None:
     value = field(body, "expiresAt", str, required=False)
     try:
-        return parse_rfc3339(value) if value else None
+        return check_expiry(parse_rfc3339(value), time.time()) if value else None
     except ValueError as error:
         raise HTTPError(400, f"expiresAt: {error}") from None
 
@@ -3388,8 +4250,8 @@ def expiry_field(body: dict) -> float | None:
 def admin_tokens(request):
     admin_session(request)
     request.app.usage.flush(request.app.store)  # show use up to this moment
-    with request.app.store.read() as db:
-        rows = db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
+    with request.app.store.read() as tx:
+        rows = tx.tokens()
     return json_response({"tokens": [token_view(row) for row in rows]})
 
 
@@ -3405,11 +4267,11 @@ def admin_create_token(request):
     if expires is None and ttl:
         expires = time.time() + ttl
     try:
-        with request.app.store.write() as db:
-            token_id, raw = create_token(db, field(body, "name", str),
+        with request.app.store.write() as tx:
+            token_id, raw = create_token(tx, field(body, "name", str),
                                          field(body, "namespacePattern", str),
                                          ",".join(permissions), expires)
-            row = existing_token(db, token_id)
+            row = existing_token(tx, token_id)
     except ValueError as error:  # BadName is a ValueError too
         raise HTTPError(400, str(error)) from None
     audit(request, "create-token", f"id={token_id} pattern={row['namespace_pattern']!r}")
@@ -3430,11 +4292,11 @@ def admin_update_token(request, token_id):
             changes["name"] = check_token_name(field(body, "name", str))
         except ValueError as error:
             raise HTTPError(400, str(error)) from None
-    with request.app.store.write() as db:
-        existing_token(db, token_id)
-        for column, value in changes.items():  # column names come from the code above
-            db.execute(f"UPDATE tokens SET {column} = ? WHERE id = ?", (value, token_id))
-        row = existing_token(db, token_id)
+    with request.app.store.write() as tx:
+        existing_token(tx, token_id)
+        if changes:
+            tx.update_token(token_id, **changes)
+        row = existing_token(tx, token_id)
     audit(request, "update-token", f"id={token_id} fields={','.join(changes) or 'none'}")
     return json_response({"token": token_view(row)})
 
@@ -3442,9 +4304,9 @@ def admin_update_token(request, token_id):
 @route("DELETE", "/admin/api/tokens/{token_id}")
 def admin_delete_token(request, token_id):
     admin_session(request)
-    with request.app.store.write() as db:
-        existing_token(db, token_id)
-        db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+    with request.app.store.write() as tx:
+        existing_token(tx, token_id)
+        tx.delete_token(token_id)
     audit(request, "delete-token", f"id={token_id}")
     return json_response({"ok": True})
 
@@ -3452,18 +4314,18 @@ def admin_delete_token(request, token_id):
 @route("POST", "/admin/api/tokens/{token_id}/rotate")
 def admin_rotate_token(request, token_id):
     admin_session(request)
-    with request.app.store.write() as db:
-        existing_token(db, token_id)
-        raw = rotate_token(db, token_id)
-        row = existing_token(db, token_id)
+    with request.app.store.write() as tx:
+        existing_token(tx, token_id)
+        raw = rotate_token(tx, token_id)
+        row = existing_token(tx, token_id)
     audit(request, "rotate-token", f"id={token_id}")
     return json_response({"token": token_view(row), "secret": raw})
 
 
 # -- namespaces, conflicts, stats -----------------------------------------------
 
-def existing_namespace(db, name: str) -> dict:
-    views = namespace_views(db, name)
+def existing_namespace(tx: Records, name: str) -> dict:
+    views = tx.namespace_views(name)
     if not views:
         raise HTTPError(404, f"no namespace named {name!r}")
     return views[0]
@@ -3472,8 +4334,8 @@ def existing_namespace(db, name: str) -> dict:
 @route("GET", "/admin/api/namespaces")
 def admin_namespaces(request):
     admin_session(request)
-    with request.app.store.read() as db:
-        return json_response({"namespaces": namespace_views(db)})
+    with request.app.store.read() as tx:
+        return json_response({"namespaces": tx.namespace_views()})
 
 
 @route("POST", "/admin/api/namespaces")
@@ -3483,11 +4345,10 @@ def admin_create_namespace(request):
         name = check_namespace(field(admin_body(request), "name", str))
     except BadName as error:
         raise HTTPError(400, str(error)) from None
-    with request.app.store.write() as db:
-        if db.execute("SELECT 1 FROM namespaces WHERE name = ?", (name,)).fetchone():
+    with request.app.store.write() as tx:
+        if not tx.create_namespace(name, time.time()):
             raise HTTPError(409, f"namespace {name!r} already exists")
-        db.execute("INSERT INTO namespaces (name, created_at) VALUES (?, ?)", (name, time.time()))
-        view = existing_namespace(db, name)
+        view = existing_namespace(tx, name)
     audit(request, "create-namespace", f"namespace={name!r}")
     return json_response({"namespace": view}, 201)
 
@@ -3496,16 +4357,17 @@ def admin_create_namespace(request):
 def admin_delete_namespace(request, ns):
     admin_session(request)
     hard = request.query().get("hard", "false").lower() == "true"
-    with request.app.store.write() as db:
-        view = existing_namespace(db, ns)
+    with request.app.store.write() as tx:
+        tx.lock_namespace(ns)
+        view = existing_namespace(tx, ns)
         if hard and not view["deleted"]:
             raise HTTPError(409, f"namespace {ns!r} must be deleted (soft) before it can be "
                                  "purged")
         if hard:
-            freed = purge_namespace(db, ns)
+            freed = tx.purge_namespace(ns)
         else:
-            set_namespace_deleted(db, ns, True)
-            view = existing_namespace(db, ns)
+            tx.set_namespace_deleted(ns, True)
+            view = existing_namespace(tx, ns)
     audit(request, "purge-namespace" if hard else "delete-namespace", f"namespace={ns!r}")
     return json_response({"ok": True, "freedBytes": freed} if hard else {"namespace": view})
 
@@ -3513,10 +4375,11 @@ def admin_delete_namespace(request, ns):
 @route("POST", "/admin/api/namespaces/{ns}/restore")
 def admin_restore_namespace(request, ns):
     admin_session(request)
-    with request.app.store.write() as db:
-        existing_namespace(db, ns)
-        set_namespace_deleted(db, ns, False)
-        view = existing_namespace(db, ns)
+    with request.app.store.write() as tx:
+        tx.lock_namespace(ns)
+        existing_namespace(tx, ns)
+        tx.set_namespace_deleted(ns, False)
+        view = existing_namespace(tx, ns)
     audit(request, "restore-namespace", f"namespace={ns!r}")
     return json_response({"namespace": view})
 
@@ -3528,12 +4391,14 @@ def admin_conflicts(request):
         limit = min(max(int(request.query().get("limit", "100")), 1), 1000)
     except ValueError:
         raise HTTPError(400, "limit must be a whole number") from None
-    with request.app.store.read() as db:
-        rows = db.execute("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    with request.app.store.read() as tx:
+        rows = tx.conflicts(limit)
+        token_names = {row["id"]: row["name"] for row in tx.tokens()}
     return json_response({"conflicts": [{
         "id": row["id"], "at": rfc3339(row["at"]), "namespace": row["namespace"],
         "operation": row["operation"], "path": row["path"], "deviceId": row["device_id"],
-        "tokenId": row["token_id"], "requestedEtag": row["requested_etag"],
+        "tokenId": row["token_id"], "tokenName": token_names.get(row["token_id"]),
+        "requestedEtag": row["requested_etag"],
         "requestedRevision": row["requested_revision"], "remoteEtag": row["remote_etag"],
         "remoteRevision": row["remote_revision"]} for row in rows]})
 
@@ -3542,25 +4407,16 @@ def admin_conflicts(request):
 def admin_stats(request):
     admin_session(request)
     app = request.app
-    with app.store.read() as db:
-        count = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
-        stats = {
-            "version": VERSION,
-            "namespaces": count("SELECT count(*) FROM namespaces WHERE deleted_at IS NULL"),
-            "deletedNamespaces": count("SELECT count(*) FROM namespaces "
-                                       "WHERE deleted_at IS NOT NULL"),
-            "tokens": count("SELECT count(*) FROM tokens"),
-            "enabledTokens": count("SELECT count(*) FROM tokens WHERE enabled = 1"),
-            "objects": count("SELECT count(*) FROM objects"),
-            "blobBytes": count("SELECT coalesce(sum(size), 0) FROM blobs"),
-            "objectBytes": count("SELECT coalesce(sum(size), 0) FROM objects"),
-            "conflicts": count("SELECT count(*) FROM conflicts")}
+    with app.store.read() as tx:
+        stats = {"version": VERSION, **tx.stats()}
     free = app.disk_free()
-    stats.update(totalBytes=stats["blobBytes"] + stats["objectBytes"],
-                 databaseBytes=app.store.file_bytes(), encryptionEnabled=app.sealer.enabled,
+    stats.update(totalBytes=stats["blobBytes"] + stats["objectBytes"]
+                 + stats["snapshotHistoryBytes"],
+                 databaseBytes=app.store.size_bytes(), encryptionEnabled=app.sealer.enabled,
                  jwtSecretPersistent=app.config.admin_jwt_secret is not None,
+                 database="postgresql" if app.store.local_dir is None else "sqlite",
                  diskFreeBytes=free, minFreeDiskBytes=app.config.min_free_disk_bytes,
-                 diskLow=free < 2 * app.config.min_free_disk_bytes,
+                 diskLow=free is not None and free < 2 * app.config.min_free_disk_bytes,
                  uptimeSeconds=int(time.monotonic() - app.started))
     return json_response(stats)
 
@@ -3572,9 +4428,21 @@ def admin_history(request, ns):
         limit = min(max(int(request.query().get("limit", "50")), 1), 500)
     except ValueError:
         raise HTTPError(400, "limit must be a whole number") from None
-    with request.app.store.read() as db:
+    with request.app.store.read(snapshot=True) as tx:
         try:
-            return json_response(namespace_history(db, ns, limit))
+            return json_response(namespace_history(tx, ns, limit))
+        except LookupError as error:
+            raise HTTPError(404, str(error)) from None
+
+
+@route("GET", "/admin/api/namespaces/{ns}/history/{seq}")
+def admin_version(request, ns, seq):
+    admin_session(request)
+    if not seq.isdigit():
+        raise HTTPError(400, "the version must be a whole number, e.g. /history/12")
+    with request.app.store.read(snapshot=True) as tx:
+        try:
+            return json_response(namespace_version(tx, ns, int(seq)))
         except LookupError as error:
             raise HTTPError(404, str(error)) from None
 
@@ -3590,11 +4458,11 @@ def admin_rollback(request, ns):
                              "(a snapshot version)")
     app = request.app
     try:
-        with app.store.write() as db:
+        with app.store.write() as tx:
             if seq is not None:
-                result = rollback_manifest(db, ns, seq, time.time(), dry_run=dry_run)
+                result = rollback_manifest(tx, ns, seq, time.time(), dry_run=dry_run)
             else:
-                result = rollback_blob(db, ns, blob_seq, time.time(), app.config.blob_history,
+                result = rollback_blob(tx, ns, blob_seq, time.time(), app.config.blob_history,
                                        dry_run=dry_run)
     except LookupError as error:
         raise HTTPError(404, str(error)) from None
@@ -3611,6 +4479,9 @@ def admin_rollback(request, ns):
 def admin_gc(request):
     admin_session(request)
     result = collect_garbage(request.app.store, request.app.config.object_retention_seconds)
+    if result is None:
+        raise HTTPError(409, "another oxsync process is running the cleanup right now; "
+                             "try again in a minute")
     audit(request, "gc", f"objects={result['objectsRemoved']} bytes={result['bytesReclaimed']}")
     return json_response(result)
 
@@ -3933,7 +4804,7 @@ def housekeeping(app: App, stop: threading.Event) -> None:
             if now >= next_gc:
                 next_gc = now + GC_INTERVAL
                 collect_garbage(app.store, app.config.object_retention_seconds)
-        except sqlite3.Error as error:
+        except Exception as error:  # a busy or unreachable database: next time
             log.warning("housekeeping postponed: %s", error)
 
 
@@ -3958,15 +4829,20 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
     store, sealer = open_store(config)
     if config.admin_password:
         try:
-            outcome = set_admin_password(store, config.admin_username, config.admin_password)
+            outcome = apply_admin_password(store, config.admin_username, config.admin_password)
         except ValueError as error:
             raise ConfigError(f"ADMIN_PASSWORD: {error}") from None
         log.info("admin user %r %s", config.admin_username, {
-            "created": "created from ADMIN_PASSWORD", "unchanged": "exists (ADMIN_PASSWORD "
-            "unchanged)", "reset": "enabled and its password reset from ADMIN_PASSWORD"}[outcome])
+            "created": "created from ADMIN_PASSWORD",
+            "unchanged": "exists; ADMIN_PASSWORD is its password",
+            "reset": "enabled and its password reset: ADMIN_PASSWORD has a new value",
+            "kept": "kept as it is: ADMIN_PASSWORD is the value applied before, so a password "
+                    "changed since (admin page or CLI) stays"}[outcome])
     if config.admin_jwt_secret is None:
         log.warning("ADMIN_JWT_SECRET is not set: admin sessions use a random secret and end "
-                    "when the server restarts")
+                    "when the server restarts%s", "; with PostgreSQL and several oxsync "
+                    "processes, a session also works only on the process that made it: give "
+                    "every process the same ADMIN_JWT_SECRET" if config.database_url else "")
     app = App(config, store, sealer, log_writer, certificate)
     host, port = config.listen
     try:
@@ -3988,7 +4864,7 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=certificate.reload, args=("SIGHUP",), daemon=True).start())
     log.info("oxsync %s listening on %s://%s:%d (database %s, encryption %s)", VERSION,
-             "https" if certificate else "http", host, server.server_port, config.db_path,
+             "https" if certificate else "http", host, server.server_port, store.describe(),
              f"on, key id {sealer.key_id}" if sealer.enabled else "off")
     server.serve_forever(poll_interval=0.25)
     if redirect:
@@ -3998,7 +4874,7 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
     try:
         app.usage.flush(store)
         store.checkpoint(final=True)
-    except sqlite3.Error as error:
+    except Exception as error:  # the database busy or gone at shutdown
         log.error("could not write the last token usage or checkpoint the WAL: %s (the data "
                   "itself is safe; SQLite finishes the checkpoint on the next start)", error)
     store.close()
@@ -4007,12 +4883,15 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
 
 
 def cli_store(args) -> Store:
-    """The existing database named by --db-path / DB_PATH (never created by a typo)."""
-    path = resolve_options(args, [DB_OPTION])["db_path"]
-    if not os.path.exists(path):
-        raise ConfigError(f"no database at {path}; start the server once, or pass --db-path "
-                          "(env DB_PATH)")
-    return Store(path)
+    """The existing database named by --database-url or --db-path (a SQLite file is never
+    created by a typo)."""
+    settings = resolve_options(args, DB_OPTIONS)
+    if settings["database_url"]:
+        return PostgresStore(settings["database_url"])
+    if not os.path.exists(settings["db_path"]):
+        raise ConfigError(f"no database at {settings['db_path']}; start the server once, or "
+                          "pass --db-path (env DB_PATH) or --database-url (env DATABASE_URL)")
+    return SQLiteStore(settings["db_path"])
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
@@ -4098,8 +4977,8 @@ def cmd_token_create(args) -> int:
         expires = parse_rfc3339(args.expires_at) if args.expires_at else None
         if expires is None and settings["default_token_ttl_seconds"]:
             expires = time.time() + settings["default_token_ttl_seconds"]
-        with cli_store(args).write() as db:
-            token_id, raw = create_token(db, args.name, args.namespace, args.permissions,
+        with cli_store(args).write() as tx:
+            token_id, raw = create_token(tx, args.name, args.namespace, args.permissions,
                                          expires)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -4113,9 +4992,8 @@ def cmd_token_create(args) -> int:
 
 
 def cmd_token_list(args) -> int:
-    with cli_store(args).read() as db:
-        tokens = [token_view(row) for row in
-                  db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()]
+    with cli_store(args).read() as tx:
+        tokens = [token_view(row) for row in tx.tokens()]
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
@@ -4128,15 +5006,14 @@ def cmd_token_list(args) -> int:
 
 
 def cmd_token_change(args) -> int:
-    with cli_store(args).write() as db:
+    with cli_store(args).write() as tx:
         if args.action == "rotate":
-            raw = rotate_token(db, args.id)
+            raw = rotate_token(tx, args.id)
             found = raw is not None
         elif args.action == "delete":
-            found = db.execute("DELETE FROM tokens WHERE id = ?", (args.id,)).rowcount > 0
+            found = tx.delete_token(args.id)
         else:
-            found = db.execute("UPDATE tokens SET enabled = ? WHERE id = ?",
-                               (args.action == "enable", args.id)).rowcount > 0
+            found = tx.update_token(args.id, enabled=args.action == "enable")
     if not found:
         print(f"oxsync: no token with id {args.id!r} (see: oxsync token list)", file=sys.stderr)
         return 1
@@ -4150,15 +5027,17 @@ def cmd_token_change(args) -> int:
 
 
 def cmd_namespace_list(args) -> int:
-    with cli_store(args).read() as db:
-        views = namespace_views(db)
+    with cli_store(args).read() as tx:
+        views = tx.namespace_views()
     if args.json:
         print(json.dumps(views, indent=2))
     else:
         print_table(views, [("name", "NAMESPACE"), ("deleted", "DELETED"), ("format", "FORMAT"),
                             ("revision", "REVISION"), ("deviceId", "DEVICE"),
                             ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
-                            ("objectBytes", "OBJECT BYTES"), ("lastWriteAt", "LAST WRITE")])
+                            ("objectBytes", "OBJECT BYTES"),
+                            ("snapshotHistoryBytes", "HISTORY BYTES"),
+                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE")])
     return 0
 
 
@@ -4167,13 +5046,10 @@ def cmd_namespace_change(args) -> int:
         name = check_namespace(args.namespace)
     except BadName as error:
         raise ConfigError(str(error)) from None
-    with cli_store(args).write() as db:
-        row = db.execute("SELECT deleted_at FROM namespaces WHERE name = ?", (name,)).fetchone()
+    with cli_store(args).write() as tx:
+        row = tx.lock_namespace(name)
         if args.action == "create":
-            if row is None:
-                db.execute("INSERT INTO namespaces (name, created_at) VALUES (?, ?)",
-                           (name, time.time()))
-            message = "created" if row is None else None
+            message = "created" if tx.create_namespace(name, time.time()) else None
         elif row is None:
             message = None
         elif args.action == "purge":
@@ -4181,9 +5057,9 @@ def cmd_namespace_change(args) -> int:
                 print(f"oxsync: namespace '{name}' is not deleted; run 'oxsync namespace delete "
                       f"{name}' first", file=sys.stderr)
                 return 1
-            message = f"purged ({purge_namespace(db, name)} bytes freed)"
+            message = f"purged ({tx.purge_namespace(name)} bytes freed)"
         else:
-            set_namespace_deleted(db, name, args.action == "delete")
+            tx.set_namespace_deleted(name, args.action == "delete")
             message = "deleted (data kept; restore or purge it later)" \
                 if args.action == "delete" else "restored"
     if message is None:
@@ -4216,8 +5092,8 @@ def cmd_admin_set_password(args) -> int:
 
 def cmd_namespace_history(args) -> int:
     try:
-        with cli_store(args).read() as db:
-            history = namespace_history(db, args.namespace, args.limit)
+        with cli_store(args).read(snapshot=True) as tx:
+            history = namespace_history(tx, args.namespace, args.limit)
     except LookupError as error:
         print(f"oxsync: {error}", file=sys.stderr)
         return 1
@@ -4240,6 +5116,49 @@ def cmd_namespace_history(args) -> int:
         print_table(history["blobVersions"], [("seq", "VERSION"), ("createdAt", "TIME"),
                                               ("revision", "REVISION"), ("deviceId", "DEVICE"),
                                               ("size", "BYTES")])
+    print(f"\nsee one version and what it changed: oxsync namespace show {args.namespace} "
+          "VERSION")
+    return 0
+
+
+def cmd_namespace_show(args) -> int:
+    try:
+        with cli_store(args).read(snapshot=True) as tx:
+            version = namespace_version(tx, args.namespace, args.version)
+    except LookupError as error:
+        print(f"oxsync: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(version, indent=2))
+        return 0
+    before = version["previousSeq"]
+    flags = [flag for flag, on in (("current", version["current"]),
+                                   ("SUSPICIOUS: records dropped", version["suspicious"]),
+                                   (f"rollback of {version['rollbackOf']}",
+                                    version["rollbackOf"])) if on]
+    print(f"namespace {args.namespace!r} version {version['seq']}"
+          f"{' (' + ', '.join(flags) + ')' if flags else ''}\n"
+          f"  time      {version['createdAt']}\n  revision  {version['revision']}\n"
+          f"  device    {version['deviceId'] or '-'}\n"
+          f"  token     {version['tokenName'] or version['tokenId'] or '-'}\n"
+          f"  against   {'version ' + str(before) if before else 'nothing (first version)'}"
+          f"\n  changes   {version['summary']}")
+    rows = [{"section": name, "before": counts["before"], "after": counts["after"]}
+            for name, counts in version["recordCounts"].items()]
+    if rows:
+        print("\nrecord counts")
+        print_table(rows, [("section", "SECTION"), ("before", "BEFORE"), ("after", "AFTER")])
+    revisions = [{"section": name, "before": change["before"], "after": change["after"]}
+                 for name, change in version["sectionRevisions"].items()]
+    if revisions:
+        print("\nsection revisions")
+        print_table(revisions, [("section", "SECTION"), ("before", "BEFORE"),
+                                ("after", "AFTER")])
+    if version["scopeChange"]:
+        print(f"\nscope {json.dumps(version['scopeChange']['before'])} → "
+              f"{json.dumps(version['scopeChange']['after'])}")
+    for path in version["missingObjectPaths"]:
+        print(f"missing object: {path}")
     return 0
 
 
@@ -4247,12 +5166,12 @@ def cmd_namespace_rollback(args) -> int:
     settings = resolve_options(args, [BLOB_HISTORY_OPTION])
     store, dry_run = cli_store(args), not args.yes
     try:
-        with store.write() as db:
+        with store.write() as tx:
             if args.to is not None:
-                result = rollback_manifest(db, args.namespace, args.to, time.time(),
+                result = rollback_manifest(tx, args.namespace, args.to, time.time(),
                                            dry_run=dry_run)
             else:
-                result = rollback_blob(db, args.namespace, args.to_blob, time.time(),
+                result = rollback_blob(tx, args.namespace, args.to_blob, time.time(),
                                        settings["blob_history"], dry_run=dry_run)
     except (LookupError, RollbackRefused) as error:
         print(f"oxsync: {error}", file=sys.stderr)
@@ -4272,6 +5191,10 @@ def cmd_namespace_rollback(args) -> int:
 def cmd_gc(args) -> int:
     settings = resolve_options(args, [RETENTION_OPTION])
     result = collect_garbage(cli_store(args), settings["object_retention_seconds"])
+    if result is None:
+        print("oxsync: another oxsync process is applying retention right now; nothing was "
+              "done", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 
@@ -4288,8 +5211,32 @@ def cmd_verify_backup(args) -> int:
     return 0
 
 
+def cmd_copy_store(args) -> int:
+    source = cli_store(args)
+    to_postgres = re.match(r"postgres(ql)?://", args.to)
+    target = PostgresStore(args.to) if to_postgres else SQLiteStore(parse_path(args.to))
+    counts = copy_store(source, target)
+    print(f"copied {source.describe()} to {target.describe()} and checked every table: "
+          + ", ".join(f"{count} {table}" for table, count in counts.items() if count),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_admin_unlock(args) -> int:
+    with cli_store(args).write() as tx:
+        removed = tx.clear_login_failures(args.ip)
+    print(f"cleared failed logins of {args.ip or 'every address'} ({removed} "
+          f"address{'es' if removed != 1 else ''})", file=sys.stderr)
+    return 0
+
+
 def cmd_restore(args) -> int:
-    path = resolve_options(args, [DB_OPTION])["db_path"]
+    settings = resolve_options(args, DB_OPTIONS)
+    if settings["database_url"]:
+        raise ConfigError("restore replaces a SQLite file; to load a backup into PostgreSQL, "
+                          "copy it into an empty database: oxsync copy-store --db-path BACKUP "
+                          "--to postgresql://...")
+    path = settings["db_path"]
     restore_database(args.source, path, args.force)
     print(f"restored {path} from {args.source}", file=sys.stderr)
     return 0
@@ -4321,7 +5268,8 @@ def cmd_encrypt_existing(args) -> int:
     return 0
 
 
-DB_OPTION, KEY_OPTION = STORE_OPTIONS
+DB_OPTION, URL_OPTION, KEY_OPTION = STORE_OPTIONS
+DB_OPTIONS = [DB_OPTION, URL_OPTION]
 NEW_KEY_OPTION = Option("NEW_ENCRYPTION_KEY", "--new-key", parse_key, "",
                         "the key to re-seal every payload with (64 hex characters)")
 TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION = (
@@ -4344,7 +5292,7 @@ def rewrite_legacy_flags(argv: list[str]) -> list[str]:
     return argv
 
 
-def add_command(parent, name: str, help_text: str, run, options=(DB_OPTION,)):
+def add_command(parent, name: str, help_text: str, run, options=tuple(DB_OPTIONS)):
     sub = parent.add_parser(name, help=help_text, description=help_text)
     add_options(sub, list(options))
     sub.set_defaults(run=run)
@@ -4360,7 +5308,7 @@ def add_group(commands, name: str, help_text: str):
 def add_token_commands(commands) -> None:
     actions = add_group(commands, "token", "create and manage API tokens")
     create = add_command(actions, "create", "create a token; prints the secret once on stdout",
-                         cmd_token_create, (DB_OPTION, TTL_OPTION))
+                         cmd_token_create, (*DB_OPTIONS, TTL_OPTION))
     create.add_argument("--name", required=True, help="what the token is for, e.g. 'laptop'")
     create.add_argument("--namespace", required=True, metavar="PATTERN",
                         help="'*', an exact namespace, or a prefix ending in '*' ('team/*')")
@@ -4393,10 +5341,16 @@ def add_namespace_commands(commands) -> None:
                           "manifest) with what changed", cmd_namespace_history)
     history.add_argument("namespace", help="namespace name")
     history.add_argument("--limit", type=int, default=50, help="newest N versions (50)")
-    history.add_argument("--json", action="store_true", help="print JSON")
+    history.add_argument("--json", action="store_true",
+                         help="print JSON (with each version's full manifest)")
+    show = add_command(actions, "show", "show one version in full and what it changed "
+                       "against the version before it", cmd_namespace_show)
+    show.add_argument("namespace", help="namespace name")
+    show.add_argument("version", type=int, help="version number (see: namespace history)")
+    show.add_argument("--json", action="store_true", help="print JSON")
     rollback = add_command(actions, "rollback", "make an earlier version current again "
                            "(a dry run unless --yes)", cmd_namespace_rollback,
-                           (DB_OPTION, BLOB_HISTORY_OPTION))
+                           (*DB_OPTIONS, BLOB_HISTORY_OPTION))
     rollback.add_argument("namespace", help="namespace name")
     target = rollback.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")
@@ -4406,10 +5360,16 @@ def add_namespace_commands(commands) -> None:
 
 def add_maintenance_commands(commands) -> None:
     add_command(commands, "gc", "apply object retention now; prints what was removed", cmd_gc,
-                (DB_OPTION, RETENTION_OPTION))
-    add_command(commands, "backup", "copy the database while the server runs, plus a .sha256",
-                cmd_backup).add_argument("--to", required=True, metavar="FILE",
-                                         help="backup file to write")
+                (*DB_OPTIONS, RETENTION_OPTION))
+    add_command(commands, "backup", "copy the database into one SQLite file while the "
+                "server runs, plus a .sha256", cmd_backup).add_argument(
+        "--to", required=True, metavar="FILE",
+        help="backup file to write (a missing folder is created, mode 0700)")
+    add_command(commands, "copy-store", "copy everything into an empty database (PostgreSQL "
+                "or SQLite), sealed payloads as they are, then check every table",
+                cmd_copy_store).add_argument(
+        "--to", required=True, metavar="URL_OR_FILE",
+        help="a postgresql:// URL or a SQLite file path; it must be empty")
     add_command(commands, "verify-backup", "check a backup's .sha256 and SQLite integrity",
                 cmd_verify_backup, ()).add_argument("file", help="backup file")
     restore = add_command(commands, "restore", "verify a backup, then copy it over the "
@@ -4419,9 +5379,9 @@ def add_maintenance_commands(commands) -> None:
     restore.add_argument("--force", action="store_true",
                          help="replace an existing database (stop the server first)")
     add_command(commands, "rotate-key", "re-seal every payload with a new key (stop the server "
-                "first; resumable)", cmd_rotate_key, (DB_OPTION, KEY_OPTION, NEW_KEY_OPTION))
+                "first; resumable)", cmd_rotate_key, (*DB_OPTIONS, KEY_OPTION, NEW_KEY_OPTION))
     add_command(commands, "encrypt-existing", "seal payloads stored before encryption was "
-                "turned on (resumable)", cmd_encrypt_existing, (DB_OPTION, KEY_OPTION))
+                "turned on (resumable)", cmd_encrypt_existing, (*DB_OPTIONS, KEY_OPTION))
 
 
 def add_admin_commands(commands) -> None:
@@ -4430,6 +5390,9 @@ def add_admin_commands(commands) -> None:
                 "from the terminal, or one line of stdin)",
                 cmd_admin_set_password).add_argument(
         "--username", help="default: ADMIN_USERNAME, else admin")
+    add_command(actions, "unlock", "clear the failed-login lockout (all addresses, or one)",
+                cmd_admin_unlock).add_argument(
+        "--ip", help="only this address, as the server's log names it")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ import statistics
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
@@ -991,27 +991,24 @@ def test_delete_a_user(admin):
     expect_error(admin.delete(f"/admin/api/users/{name}"), 404)
 
 
-def test_the_last_enabled_admin_cannot_be_disabled_or_deleted(make_server):
+def test_an_admin_cannot_disable_or_delete_their_own_account(make_server):
     server = make_server(env=ADMIN_ENV)
     admin = AdminClient(server)
     admin.login()
-    expect_error(admin.patch("/admin/api/users/admin", {"enabled": False}), 409,
-                 "last enabled admin", "create or enable another")
-    expect_error(admin.delete("/admin/api/users/admin"), 409, "last enabled admin")
-    admin.create_user("second")
-    assert admin.patch("/admin/api/users/second", {"enabled": False}).status == 200
-    # a disabled user does not count
-    expect_error(admin.patch("/admin/api/users/admin", {"enabled": False}), 409)
-    expect_error(admin.delete("/admin/api/users/admin"), 409)
-    assert admin.patch("/admin/api/users/admin", {"enabled": True}).status == 200
-    assert admin.delete("/admin/api/users/second").status == 200  # disabled: may go
-    third, third_password = admin.create_user("third")
+    for alone in (True, False):  # alone, and with a second enabled admin to fall back on
+        expect_error(admin.patch("/admin/api/users/admin", {"enabled": False}), 409,
+                     "your own account")
+        expect_error(admin.delete("/admin/api/users/admin"), 409, "your own account")
+        assert admin.users()["admin"]["enabled"]
+        if alone:
+            second, second_password = admin.create_user("second")
+    assert admin.patch(f"/admin/api/users/{second}", {"enabled": False}).status == 200
+    assert admin.patch(f"/admin/api/users/{second}", {"enabled": True}).status == 200
     other = AdminClient(server)
-    other.login(third_password, username=third)
-    assert other.delete("/admin/api/users/admin").status == 200  # not the last one
-    expect_error(other.delete(f"/admin/api/users/{third}"), 409, third)
-    expect_error(other.patch(f"/admin/api/users/{third}", {"enabled": False}), 409)
-    assert set(other.users()) == {third} and other.users()[third]["enabled"]
+    other.login(second_password, username=second)
+    assert other.delete("/admin/api/users/admin").status == 200  # someone else's: allowed
+    expect_error(other.delete(f"/admin/api/users/{second}"), 409, "your own account")
+    assert set(other.users()) == {second} and other.users()[second]["enabled"]
     assert_log_has_no_secrets(server)
 
 
@@ -1173,9 +1170,15 @@ def test_patch_token_name_enabled_and_expiry(shared, admin):
     assert admin.patch(path, {"enabled": True}).status == 200
     assert get_blob(shared, namespace, secret).status == 200
 
-    answer = admin.patch(path, {"expiresAt": "2020-01-02T03:04:05Z"})
-    assert answer.status == 200 and answer.json["token"]["expired"] is True
-    expect_error(get_blob(shared, namespace, secret), 401, "expired", "2020-01-02")
+    # An expiry in the past is refused and changes nothing; a near one expires.
+    expect_error(admin.patch(path, {"expiresAt": "2020-01-02T03:04:05Z"}), 400, "passed")
+    assert get_blob(shared, namespace, secret).status == 200
+    soon = datetime.fromtimestamp(int(time.time()) + 2, timezone.utc)
+    answer = admin.patch(path, {"expiresAt": soon.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert answer.status == 200 and answer.json["token"]["expired"] is False
+    time.sleep(max(0.0, soon.timestamp() - time.time()) + 0.1)
+    assert admin.token(token_id)["expired"] is True
+    expect_error(get_blob(shared, namespace, secret), 401, "expired", soon.strftime("%Y-%m-%d"))
     answer = admin.patch(path, {"expiresAt": None})  # no expiry at all
     assert answer.status == 200 and answer.json["token"]["expiresAt"] is None
     assert get_blob(shared, namespace, secret).status == 200

@@ -351,13 +351,13 @@ def test_dry_run_changes_nothing(shared, ns):
     result = cli_rollback(server, ns, "--to", "1", yes=False)
     assert result.returncode == 0, result.stderr
     assert "dry run" in result.stdout and "nothing was changed" in result.stdout, result.stdout
-    assert "connections 4 -> 3" in result.stdout, result.stdout    # what WOULD change
+    assert "connections 4 → 3" in result.stdout, result.stdout    # what WOULD change
 
     admin = Admin(server)
     answer = admin.rollback(ns, {"seq": 1, "dryRun": True})
     assert answer.status == 200, answer
     assert answer.json["dryRun"] is True and answer.json["rolledBackTo"] == 1
-    assert "connections 4 -> 3" in answer.json["summary"], answer.json
+    assert "connections 4 → 3" in answer.json["summary"], answer.json
     assert "connections" in answer.json["changedSections"]
     assert "forwards" not in answer.json["changedSections"]
 
@@ -451,11 +451,11 @@ def test_suspicious_drop_flag(shared, ns):
                 7: False,   # 6 -> 12
                 8: False}   # 12 -> 6: exactly half is not "more than half"
     assert {seq: v["suspicious"] for seq, v in by_seq.items()} == expected, history
-    assert "connections 42 -> 0" in by_seq[2]["summary"], by_seq[2]
+    assert "connections 42 → 0" in by_seq[2]["summary"], by_seq[2]
     assert by_seq[2]["recordCounts"]["connections"] == {"before": 42, "after": 0}
     assert by_seq[2]["changedSections"] == ["connections"]
-    assert "connections 10 -> 4" in by_seq[4]["summary"]
-    assert "connections 10 -> 6" in by_seq[6]["summary"]
+    assert "connections 10 → 4" in by_seq[4]["summary"]
+    assert "connections 10 → 6" in by_seq[6]["summary"]
     assert "forwards" not in by_seq[6]["summary"]               # unchanged section
     assert Admin(server).history(ns)["versions"] == history["versions"]
 
@@ -466,7 +466,7 @@ def test_suspicious_drop_flag(shared, ns):
     # The text view flags them too.
     table = server.cli("namespace", "history", ns).stdout
     flagged = [line for line in table.splitlines() if "SUSPICIOUS" in line]
-    assert len(flagged) == 2 and any("connections 42 -> 0" in line for line in flagged), table
+    assert len(flagged) == 2 and any("connections 42 → 0" in line for line in flagged), table
 
 
 # -- the legacy blob ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import re
 import shutil
 import sqlite3
@@ -353,13 +354,25 @@ def test_legacy_flags_are_aliases(make_server):
     assert_serves(server, token, before)
 
 
+def test_backup_into_a_missing_folder_creates_it_private(server, token):
+    state = write_state(server, token, "x")
+    target = server.workdir / "new" / "backups" / "b.db"
+    result = server.cli("backup", "--to", str(target), check=False)
+    assert result.returncode == 0, result
+    assert stat.S_IMODE(os.stat(target.parent).st_mode) == 0o700
+    assert "ok" in oxsync(server, "verify-backup", str(target)).stdout
+    assert_serves(server, token, state)
+
+
 def test_backup_to_an_unwritable_place_fails_with_one_line(server, token):
     # Found by this suite (a sqlite3.OperationalError traceback); fixed in backup_database.
     write_state(server, token, "x")
-    missing = server.workdir / "no-such-folder" / "b.db"
-    result = server.cli("backup", "--to", str(missing), check=False)
-    assert_one_line_error(result, "no-such-folder")
-    assert not missing.parent.exists()
+    blocker = server.workdir / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / "b.db"
+    result = server.cli("backup", "--to", str(target), check=False)
+    assert_one_line_error(result, "a-file")
+    assert blocker.read_text() == "not a folder"
     assert_serves(server, token, write_state(server, token, "still-fine"))
 
 
