@@ -802,7 +802,8 @@ class Records:
             "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
             "CASE WHEN b.namespace IS NULL THEN 0 ELSE 1 END AS has_blob, "
             "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
-            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects o WHERE o.namespace = n.name) "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects o "
+            "WHERE o.namespace = n.name) "
             "AS object_bytes, (SELECT count(*) FROM blob_versions v "
             "WHERE v.namespace = n.name) AS history_count, "
             "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions v "
@@ -1132,7 +1133,8 @@ class Records:
             "SELECT (SELECT count(*) FROM namespaces WHERE deleted_at IS NULL), "
             "(SELECT count(*) FROM namespaces WHERE deleted_at IS NOT NULL), "
             "(SELECT count(*) FROM tokens), (SELECT count(*) FROM tokens WHERE enabled = 1), "
-            "(SELECT count(*) FROM objects), (SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blobs), "
+            "(SELECT count(*) FROM objects), "
+            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blobs), "
             "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects), "
             "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions), "
             "(SELECT count(*) FROM conflicts)")
@@ -4574,6 +4576,7 @@ def admin_api_paths() -> dict:
             security=[{"session": [], "csrf": []}], tag="admin")
 
     token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
+    version = api_path_param("seq", "version number (see the history)")
     hard = {"name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}
     text = {"type": "string"}
     return {
@@ -4605,7 +4608,9 @@ def admin_api_paths() -> dict:
         "/admin/api/namespaces/{ns}/restore": {"parameters": [API_NS], "post": admin(
             "undo a soft delete", "restored")},
         "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS], "get": admin(
-            "versions with summaries", "history")},
+            "versions with what changed, the current snapshot, kept snapshots", "history")},
+        "/admin/api/namespaces/{ns}/history/{seq}": {"parameters": [API_NS, version], "get": admin(
+            "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
             "make an earlier version current", "rolled back", body=API_OBJECT)},
         "/admin/api/tokens": {"get": admin("tokens (never secrets)", "tokens"),
