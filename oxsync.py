@@ -3346,6 +3346,7 @@ class App:
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
         self.metrics = Metrics()
         self.started = time.monotonic()
+        self.unavailable_answers, self.next_unavailable_log = 0, 0.0
         self.admin_page = load_admin_page()
 
     def disk_free(self) -> int | None:
@@ -3379,7 +3380,11 @@ class App:
             return HTTPError(507, "the server's disk is full; nothing was stored; ask its "
                                   "administrator to free space")
         if isinstance(error, StoreUnavailable):
-            log.warning("database unavailable answering %s: %s", where, error)
+            self.unavailable_answers += 1
+            if time.monotonic() >= self.next_unavailable_log:  # one line per 5 s, not per request
+                self.next_unavailable_log = time.monotonic() + 5
+                log.warning("database unavailable (%d requests answered 503 so far), e.g. "
+                            "%s: %s", self.unavailable_answers, where, error)
             return HTTPError(503, "the database is busy or unreachable; nothing was stored; "
                                   "retry shortly", headers=[("Retry-After", "2")])
         if isinstance(error, StoreError):

@@ -304,13 +304,20 @@ class OxsyncServer(Server):
     name = "oxsync"
 
     def __init__(self, log_dir: Path, cpus: str | None, encrypted: bool = False,
-                 extra_env: dict | None = None, wrap: list[str] | None = None):
+                 extra_env: dict | None = None, wrap: list[str] | None = None,
+                 database_url: str | None = None, name: str | None = None,
+                 cycle_tag: str = ""):
         super().__init__(log_dir, cpus)
         self.encrypted = encrypted
         self.extra_env = extra_env or {}
         self.wrap = wrap or []
+        # database_url: a PostgreSQL store; cycle_tag: this process's own cycle namespaces
+        # when several processes share one database (bench/run.py's store comparison)
+        self.database_url, self.cycle_tag = database_url, cycle_tag
         if encrypted:
             self.name = "oxsync+enc"
+        if name:
+            self.name = name
 
     def start(self) -> None:
         self.dir = make_temp_dir(self.name.replace("+", "-"))
@@ -322,14 +329,15 @@ class OxsyncServer(Server):
             env["ENCRYPTION_KEY"] = BENCH_KEY
         command = oxsync_command()
         # wrap: arguments put between the interpreter and the script (bench/profile.py)
+        store = ["--database-url", self.database_url] if self.database_url else \
+            ["--db-path", self.db_path]
         argv = command[:1] + self.wrap + command[1:] + ["serve", "--listen",
-                                                        f"{HOST}:{self.port}",
-                                                        "--db-path", self.db_path]
+                                                        f"{HOST}:{self.port}"] + store
         self.process = start_process(argv, self.log_dir / f"{self.name}.log", env=env,
                                      cwd=self.dir, cpus=self.cpus)
         wait_until_up(self.port, self.process, "/health")
         created = subprocess.run(oxsync_command() + [
-            "token", "create", "--db-path", self.db_path, "--name", "bench",
+            "token", "create", *store, "--name", "bench",
             "--namespace", "*"], capture_output=True, text=True, env=env, cwd=self.dir,
             timeout=60)
         if created.returncode != 0 or not created.stdout.strip():
@@ -351,6 +359,9 @@ class OxsyncServer(Server):
                                            "If-None-Match": "*"}))
             if answer.status != 200:
                 raise RuntimeError(f"seeding blob: {answer.status} {answer.body[:200]!r}")
+
+    def cycle_prefix(self) -> str:
+        return f"/v1/namespaces/bench-cycle-{self.cycle_tag}"
 
     def wal_bytes(self) -> int:
         try:

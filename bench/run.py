@@ -51,6 +51,7 @@ TARGETS = [
     ("crypto", "Encryption (ChaCha20-Poly1305, cryptography) >= 300 MB/s on one core"),
     ("p99", "GET metadata at 64 connections: p99 < 50 ms"),
     ("usage", "No per-request write for token usage on reads (WAL growth during GET runs)"),
+    ("pg_get", "GET metadata at 16 connections: PostgreSQL (1 process) >= 0.5 x SQLite"),
 ]
 
 
@@ -198,6 +199,88 @@ def paired_workload(names: tuple[str, str], workload: str, connections: int, rou
     return {"workload": workload, "connections": connections, "servers": list(names),
             "duration": duration, "rates": rates, "medians": medians,
             "ratio": medians[names[0]] / medians[names[1]]}
+
+
+# ---------------------------------------------------------------------------
+# Stores: SQLite (one process) and PostgreSQL (one and two processes), issue 14
+# ---------------------------------------------------------------------------
+
+STORE_SETUPS = (("SQLite, 1 process", "sqlite", 1), ("PostgreSQL, 1 process", "postgres", 1),
+                ("PostgreSQL, 2 processes", "postgres", 2))
+
+
+def postgres_for_bench():
+    """-> (a URL that may create databases, the cluster to remove afterwards or None):
+    OXSYNC_BENCH_POSTGRES_URL, else a throwaway cluster (tests/_postgres.py)."""
+    sys.path.insert(0, str(harness.ROOT / "tests"))
+    import _postgres
+    url = os.environ.get("OXSYNC_BENCH_POSTGRES_URL")
+    if url:
+        return _postgres, url, None
+    cluster = _postgres.Cluster()
+    return _postgres, cluster.url, cluster
+
+
+def split_workload(servers, workload: str, connections: int, duration: int) -> dict:
+    """One wrk per process at once, the connections shared out -> their summed rate."""
+    share = connections // len(servers)
+    results = [None] * len(servers)
+
+    def drive(index):
+        results[index] = wrk_workload(servers[index], workload, share, duration, None)
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(len(servers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if any(r is None for r in results):
+        raise RuntimeError(f"{workload}: a wrk run failed")
+    return {"rate": sum(r["rate"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results)}
+
+
+def store_comparison(rounds: int, duration: int, log_dir: Path) -> dict:
+    """Every setup up at once (idle ones cost nothing), GET metadata and the sync cycle at
+    16 connections measured in turns, as for the paired targets. Nothing is pinned: the
+    PostgreSQL server's own processes need the cores too."""
+    log_dir = log_dir / "stores"
+    log_dir.mkdir(exist_ok=True)
+    postgres, admin_url, cluster = postgres_for_bench()
+    setups = []
+    try:
+        for label, kind, processes in STORE_SETUPS:
+            url = postgres.new_database(admin_url) if kind == "postgres" else None
+            servers = [harness.OxsyncServer(log_dir, None, database_url=url,
+                                            name=f"{kind}{processes}-{index}",
+                                            cycle_tag=f"{index}-")
+                       for index in range(processes)]
+            for server in servers:
+                server.start()
+                server.seed()
+            setups.append((label, servers))
+        rates = {(label, workload): [] for label, _ in setups for workload in ("get", "cycle")}
+        for label, servers in setups:  # warm-up
+            for workload in ("get", "cycle"):
+                split_workload(servers, workload, 16, 1)
+        for _ in range(rounds):
+            for workload in ("get", "cycle"):
+                for label, servers in setups:
+                    result = split_workload(servers, workload, 16, duration)
+                    if result["errors"]:
+                        raise RuntimeError(f"{label} {workload}: {result['errors']} errors")
+                    rates[(label, workload)].append(result["rate"])
+                    log(f"stores: {label:24} {workload:5} {result['rate']:9,.0f}/s")
+    finally:
+        for _, servers in setups:
+            for server in servers:
+                server.stop()
+        if cluster:
+            cluster.remove()
+    return {"rounds": rounds, "duration": duration,
+            "rates": [{"setup": label, "workload": workload, "rates": values,
+                       "median": statistics.median(values)}
+                      for (label, workload), values in rates.items()]}
 
 
 class RssSampler(threading.Thread):
@@ -394,6 +477,13 @@ def evaluate_targets(report: dict) -> list[tuple[str, str, str]]:
             measured = (f"WAL grew {check['wal_bytes'] / KiB:.0f} KiB (~{frames:.0f} pages) "
                         f"over {check['requests']:,} GET requests")
             met = frames < max(50, check["requests"] / 100)
+        elif key == "pg_get" and report.get("stores"):
+            medians = {(r["setup"], r["workload"]): r["median"]
+                       for r in report["stores"]["rates"]}
+            pg, lite = medians[(STORE_SETUPS[1][0], "get")], medians[(STORE_SETUPS[0][0], "get")]
+            measured = (f"{pg / lite:.2f} x SQLite (medians of {report['stores']['rounds']} "
+                        f"interleaved runs: {pg:,.0f} vs {lite:,.0f} req/s)")
+            met = pg / lite >= 0.5
         checks.append((text, measured, "n/a" if met is None else ("MET" if met else "NOT MET")))
     return checks
 
@@ -458,6 +548,26 @@ def render(report: dict) -> str:
             [[p["workload"], name, ", ".join(f"{r:,.0f}" for r in p["rates"][name]),
               f"{p['medians'][name]:,.0f}", f"{p['ratio']:.2f}" if name == "oxsync" else ""]
              for p in report["paired"] for name in p["servers"]])
+        out += [""]
+
+    if report.get("stores"):
+        stores = report["stores"]
+        out += ["## Stores: SQLite and PostgreSQL (issue 14)", "",
+                "All three setups up at once, driven in turns at 16 connections "
+                f"({stores['duration']} s per run, {stores['rounds']} rounds); with two "
+                "processes, two wrk instances run at once with 8 connections each (no proxy in "
+                "between) and their rates are added. Nothing is pinned to a core here: "
+                "PostgreSQL's server processes share the 2 cores with oxsync and wrk. The "
+                "PostgreSQL cluster is a throwaway one (tests/_postgres.py: fsync off), so "
+                "compare it with SQLite's synchronous=NORMAL, which does not sync every "
+                "commit either.", ""]
+        lite = {r["workload"]: r["median"] for r in stores["rates"]
+                if r["setup"] == STORE_SETUPS[0][0]}
+        out += markdown_table(
+            ["workload", "setup", "rate per run", "median", "x SQLite"],
+            [[WORKLOADS[r["workload"]], r["setup"], ", ".join(f"{v:,.0f}" for v in r["rates"]),
+              f"{r['median']:,.0f}", f"{r['median'] / lite[r['workload']]:.2f}"]
+             for r in sorted(stores["rates"], key=lambda r: r["workload"] != "get")])
         out += [""]
 
     servers = report["servers"]
@@ -601,8 +711,10 @@ def parse_args(argv=None):
                         help="comma list of concurrency levels (default 1,16,64)")
     parser.add_argument("--servers", default="oxsync,ceiling,wsgidav,nginx",
                         help="comma list from oxsync,ceiling,wsgidav,nginx")
-    parser.add_argument("--workloads", default="get,put,cycle,big",
-                        help="comma list from get,put,cycle,big")
+    parser.add_argument("--workloads", default="get,put,cycle,big,stores",
+                        help="comma list from get,put,cycle,big,stores (stores: SQLite and "
+                             "PostgreSQL compared; needs Debian's postgresql and psycopg, or "
+                             "OXSYNC_BENCH_POSTGRES_URL)")
     parser.add_argument("--big-repeats", type=int, help="64 MiB transfers per server "
                         "(default 3, --quick 1)")
     parser.add_argument("--pair-rounds", type=int, help="interleaved runs per server for "
@@ -626,7 +738,7 @@ def parse_args(argv=None):
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = set(args.servers) - set(harness.SERVER_CLASSES)
-    unknown |= set(args.workloads) - set(WORKLOADS) - {"big"}
+    unknown |= set(args.workloads) - set(WORKLOADS) - {"big", "stores"}
     if unknown:
         parser.error(f"unknown server or workload: {', '.join(sorted(unknown))}")
     if max(args.connections) > harness.CYCLE_SLOTS and "cycle" in args.workloads:
@@ -723,6 +835,15 @@ def main(argv=None) -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError) as error:
                 report["failures"].append(f"paired {workload}: {error}")
                 log(f"FAILED paired {workload}: {error}")
+
+        if "stores" in args.workloads and args.pair_rounds:
+            log("stores: SQLite, PostgreSQL with 1 and 2 processes, interleaved")
+            try:
+                report["stores"] = store_comparison(args.pair_rounds, args.pair_duration,
+                                                    log_dir)
+            except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as error:
+                report["failures"].append(f"stores: {error}")
+                log(f"FAILED stores: {error}")
 
         if "big" in args.workloads:
             data = os.urandom(BIG_BLOB)
