@@ -47,7 +47,6 @@ import os
 import queue
 import re
 import secrets
-import select
 import shutil
 import signal
 import site
@@ -2026,11 +2025,9 @@ class PostgresStore(Store):
 
     Connections are pooled in autocommit mode, and a transaction is an explicit
     BEGIN ... COMMIT. Writers of one namespace take turns on a transaction-scoped
-    advisory lock (Records.lock). Every write sends NOTIFY oxsync; each process
-    LISTENs on a connection of its own and drops its read cache when a notice has
-    arrived, checked without a round trip (a poll of that connection's socket). While
-    that connection is down nothing is cached, so a change made elsewhere (a revoked
-    token) counts from the next request in any case.
+    advisory lock (Records.lock). After every commit the writer advances a sequence,
+    oxsync_changes, and a cached read (Store.cached) is reused only while that
+    sequence stands still: one statement instead of the read's several.
     """
 
     DDL_TYPES = [(r"\bINTEGER PRIMARY KEY\b",
@@ -2044,21 +2041,17 @@ class PostgresStore(Store):
     def __init__(self, url: str, serving: bool = False):
         super().__init__()
         self.psycopg = import_psycopg()
-        self.url, self.serving = url, serving
+        self.url = url
         self._secret = urllib.parse.unquote(urllib.parse.urlsplit(url).password or "")
         self._idle: list = []
         self._sql: dict[str, str] = {}
-        self._stamps = itertools.count()
-        self._stamp = None
-        self._listener = None
-        self._listen_lock = threading.Lock()
-        self._next_listen_try = 0.0
         self._held = None
+        self._stamp_turn = threading.Condition()
+        self._stamp_reading, self._stamp_reads, self._stamp_done = False, 0, 0
+        self._stamp_value = None
         with self._errors("connect to"):
             self._put(self._get())
         migrate(self)
-        if serving:
-            self._listen()
 
     def describe(self) -> str:
         return f"PostgreSQL {mask_url(self.url)}"
@@ -2134,14 +2127,15 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def write(self):
-        """BEGIN ... NOTIFY oxsync; COMMIT. A COMMIT whose answer never came leaves the
-        change in doubt: that is said as it is (500), not as a 503 to retry blindly."""
+        """BEGIN ... COMMIT, then the change counter moves on (after the commit: a reader
+        that saw the old count has read the old rows or the new ones, never kept stale
+        rows under the new count). A COMMIT whose answer never came leaves the change in
+        doubt: that is said as it is (500), not as a 503 to retry blindly."""
         with self._errors():
             db = self._get()
             try:
                 db.execute("BEGIN")
                 yield Records(self, db)
-                db.execute("NOTIFY oxsync")
             except BaseException:
                 with contextlib.suppress(Exception):
                     db.execute("ROLLBACK")
@@ -2152,8 +2146,10 @@ class PostgresStore(Store):
             except self.psycopg.OperationalError as error:
                 db.close()
                 raise StoreError(self.IN_DOUBT) from error
-            self._stamp = next(self._stamps)  # read-your-writes in this process
-            self._put(db)
+            try:
+                db.execute("SELECT nextval('oxsync_changes')")
+            finally:
+                self._put(db)
 
     # -- schema version ------------------------------------------------------------
 
@@ -2161,6 +2157,7 @@ class PostgresStore(Store):
         """Under a lock, so that processes starting together migrate once."""
         tx.run("SELECT pg_advisory_xact_lock(?)", (lock_key("schema"),))
         tx.run("CREATE TABLE IF NOT EXISTS oxsync_schema (version INTEGER NOT NULL)")
+        tx.run("CREATE SEQUENCE IF NOT EXISTS oxsync_changes")
         return tx.value("SELECT max(version) FROM oxsync_schema") or 0
 
     def set_schema_version(self, tx: "Records", version: int) -> None:
@@ -2200,49 +2197,43 @@ class PostgresStore(Store):
                 raise StoreError(f"a server is running on {self.describe()}; stop every "
                                  "oxsync process using it first")
 
-    # -- change notices --------------------------------------------------------------
-
-    def _listen(self) -> None:
-        """A connection of its own that hears every process's NOTIFY oxsync."""
-        self._next_listen_try = time.monotonic() + 1
-        try:
-            listener = self.psycopg.connect(self.url, autocommit=True, connect_timeout=2,
-                                            application_name="oxsync listener")
-            listener.execute("LISTEN oxsync")
-        except self.psycopg.Error as error:
-            log.warning("cannot listen for changes on %s (nothing is cached until then): "
-                        "%s", self.describe(), self._scrub(error))
-            return
-        self._listener = listener
-        self._stamp = next(self._stamps)  # anything may have changed while deaf
+    # -- noticing changes made by any process ------------------------------------------
 
     def change_stamp(self):
-        """A poll of the listening socket (no round trip): notices that have arrived
-        change the stamp. While not listening: None, and then nothing is cached."""
-        listener = self._listener
-        if listener is None:
-            if self.serving and time.monotonic() >= self._next_listen_try and \
-                    self._listen_lock.acquire(blocking=False):
-                try:
-                    self._listen()
-                finally:
-                    self._listen_lock.release()
-            return None
+        """The change counter, read for each request, so that a change made by any process
+        (a token disabled elsewhere) counts from the very next request. (LISTEN/NOTIFY
+        was tried first: its notice can arrive later than that next request, and under
+        load it did.) Requests that arrive together share one read: each waits for a
+        read that began after it arrived, so it still sees every change committed before
+        it came. One read per request cost 70% of GET metadata; shared, far less."""
+        turn = self._stamp_turn
+        with turn:
+            wanted = self._stamp_reads + 1  # the first read that begins after now
+            while self._stamp_done < wanted:
+                if not self._stamp_reading:
+                    break
+                turn.wait()
+            else:
+                return self._stamp_value
+            self._stamp_reading = True
+            self._stamp_reads += 1
+            number = self._stamp_reads
+        value = None
         try:
-            if select.select([listener.fileno()], [], [], 0)[0] or self._listen_lock.locked():
-                with self._listen_lock:
-                    listener.pgconn.consume_input()
-                    while listener.pgconn.notifies() is not None:
-                        self._stamp = next(self._stamps)
-                    if listener.pgconn.status != self.psycopg.pq.ConnStatus.OK:
-                        raise self.psycopg.OperationalError("listener closed")
-        except (self.psycopg.Error, OSError, ValueError):
-            self._listener = None
-            with contextlib.suppress(Exception):
-                listener.close()
-            log.warning("lost the change notices of %s; reconnecting", self.describe())
-            return None
-        return self._stamp
+            with self._errors():
+                db = self._get()
+                try:
+                    value = db.execute("SELECT last_value, is_called "
+                                       "FROM oxsync_changes").fetchone()
+                finally:
+                    self._put(db)
+        finally:
+            with turn:
+                self._stamp_reading = False
+                if value is not None:
+                    self._stamp_done, self._stamp_value = number, value
+                turn.notify_all()
+        return value
 
     # -- payloads ------------------------------------------------------------------
 
@@ -2292,7 +2283,7 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
-        for db in idle + [self._listener, self._held]:
+        for db in idle + [self._held]:
             if db is not None:
                 with contextlib.suppress(Exception):
                     db.close()
