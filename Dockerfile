@@ -20,9 +20,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The version the test suite runs with; override with --build-arg CRYPTOGRAPHY_VERSION=...
+# The versions the test suite runs with; override with --build-arg CRYPTOGRAPHY_VERSION=...
+# psycopg is imported only when DATABASE_URL names a PostgreSQL database
+# (docker-compose.postgres.yml); build with --build-arg PSYCOPG_VERSION= to leave it out.
 ARG CRYPTOGRAPHY_VERSION=48.0.0
-RUN pip install --no-cache-dir "cryptography==${CRYPTOGRAPHY_VERSION}"
+ARG PSYCOPG_VERSION=3.3.9
+RUN pip install --no-cache-dir "cryptography==${CRYPTOGRAPHY_VERSION}" \
+        ${PSYCOPG_VERSION:+"psycopg[binary]==${PSYCOPG_VERSION}"}
 
 # A fixed non-root uid/gid (10001), so the volume's owner is predictable on the host:
 # for a bind mount instead of the named volume, chown -R 10001:10001 the host folder.

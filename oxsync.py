@@ -3604,8 +3604,8 @@ def put_metadata(request, ns):
     manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
                                  "metadata")
     revision = manifest.get("revision")
-    if not isinstance(revision, str) or not revision or "\0" in revision:
-        raise HTTPError(400, "metadata needs a non-empty string 'revision' (without NUL)")
+    if not isinstance(revision, str) or not revision:
+        raise HTTPError(400, "metadata needs a non-empty string 'revision'")
     now = time.time()
     with app.store.write() as tx:
         row = writable_namespace(tx, ns, now)

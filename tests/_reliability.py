@@ -1,8 +1,8 @@
 """Shared helpers for the reliability tests (not collected: the name does not start with test_).
 
-Raw-socket HTTP (to send what http.client refuses to send), response parsing for
-pipelined answers, /proc sampling of the server process, and SQLite checks made
-directly on the database file.
+Raw-socket HTTP (to send what http.client refuses to send) and the one reader of raw
+answers (pipelined ones too), /proc sampling of the server process, killing a command
+part-way through, and SQLite checks made directly on the database file.
 """
 
 from __future__ import annotations
@@ -11,18 +11,38 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
 import sqlite3
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 # -- raw HTTP -------------------------------------------------------------------
+
+class Headers(dict):
+    """Header name -> last value, looked up in any case (like http.client's)."""
+
+    def __init__(self, pairs=()):
+        super().__init__((name.lower(), value) for name, value in pairs)
+
+    def __getitem__(self, name):
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name):
+        return super().__contains__(name.lower())
+
+    def get(self, name, default=None):
+        return super().get(name.lower(), default)
+
 
 @dataclass
 class RawAnswer:
     status: int
     reason: str
-    headers: dict            # lower-case name -> last value
+    headers: Headers         # name (any case) -> last value
     header_list: list        # [(name, value)] in order
     body: bytes
 
@@ -47,9 +67,10 @@ class Exchange:
                 f"leftover={self.leftover[:120]!r} {self.seconds:.2f}s>")
 
 
-def parse_answers(data: bytes, no_body: tuple = ()) -> tuple[list, bytes]:
+def parse_answers(data: bytes, no_body: tuple = (), interim: bool = False) -> tuple[list, bytes]:
     """Split a byte stream into whole HTTP/1.1 answers (Content-Length framing only).
-    no_body: indexes of answers to HEAD requests (a Content-Length but no body)."""
+    no_body: indexes of answers to HEAD requests (a Content-Length but no body);
+    interim: keep 1xx answers (100 Continue) instead of passing over them."""
     answers = []
     while data:
         head_end = data.find(b"\r\n\r\n")
@@ -63,7 +84,7 @@ def parse_answers(data: bytes, no_body: tuple = ()) -> tuple[list, bytes]:
         for line in head[1:]:
             name, _, value = line.partition(":")
             header_list.append((name.strip(), value.strip()))
-        headers = {name.lower(): value for name, value in header_list}
+        headers = Headers(header_list)
         status = int(parts[1])
         length = int(headers.get("content-length", "0"))
         if status in (204, 304) or 100 <= status < 200 or len(answers) in no_body:
@@ -71,7 +92,7 @@ def parse_answers(data: bytes, no_body: tuple = ()) -> tuple[list, bytes]:
         end = head_end + 4 + length
         if len(data) < end:
             break
-        if status != 100:
+        if interim or not 100 <= status < 200:
             answers.append(RawAnswer(status, parts[2] if len(parts) > 2 else "", headers,
                                      header_list, data[head_end + 4:end]))
         data = data[end:]
@@ -85,13 +106,14 @@ def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
 
 
 def read_until_done(sock: socket.socket, expect: int | None = None, timeout: float = 5.0,
-                    started: float | None = None, no_body: tuple = ()) -> Exchange:
+                    started: float | None = None, no_body: tuple = (),
+                    interim: bool = False) -> Exchange:
     """Read until EOF/reset, or until `expect` whole answers arrived, or the timeout."""
     started = started or time.monotonic()
     deadline = time.monotonic() + timeout
     data, ending = b"", "timeout"
     while True:
-        if expect is not None and len(parse_answers(data, no_body)[0]) >= expect:
+        if expect is not None and len(parse_answers(data, no_body, interim)[0]) >= expect:
             ending = "open"
             break
         remaining = deadline - time.monotonic()
@@ -109,8 +131,15 @@ def read_until_done(sock: socket.socket, expect: int | None = None, timeout: flo
             ending = "eof"
             break
         data += chunk
-    answers, leftover = parse_answers(data, no_body)
+    answers, leftover = parse_answers(data, no_body, interim)
     return Exchange(answers, ending, leftover, time.monotonic() - started)
+
+
+def read_answer(sock: socket.socket, timeout: float = 5.0) -> RawAnswer:
+    """The next whole answer on a connection (it must come within the timeout)."""
+    exchange = read_until_done(sock, expect=1, timeout=timeout)
+    assert exchange.answers, f"no answer: {exchange}"
+    return exchange.answers[0]
 
 
 def raw_exchange(port: int, payload: bytes, expect: int | None = None,
@@ -128,16 +157,11 @@ def raw_exchange(port: int, payload: bytes, expect: int | None = None,
         return read_until_done(sock, expect, timeout, started, no_body)
 
 
-def is_json_error(answer: RawAnswer) -> bool:
-    """A clean error answer: JSON content type and {"error": {"code", "message"}}."""
-    if not answer.headers.get("content-type", "").startswith("application/json"):
-        return False
-    try:
-        error = answer.json["error"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return isinstance(error.get("code"), str) and isinstance(error.get("message"), str) \
-        and bool(error["message"])
+def raw_request(port: int, payload: bytes, timeout: float = 5.0) -> RawAnswer:
+    """Send raw bytes on a fresh connection -> the one answer (it must come)."""
+    exchange = raw_exchange(port, payload, expect=1, timeout=timeout)
+    assert exchange.answers, f"no answer: {exchange}"
+    return exchange.answers[0]
 
 
 # -- the server process ---------------------------------------------------------
@@ -172,6 +196,48 @@ def raise_nofile(wanted: int) -> None:
 
 
 MiB = 1024 * 1024
+
+
+def kill_partway(server, args: list[str], progress, env: dict | None = None,
+                 tries: int = 12) -> float:
+    """Run an oxsync command on the server's store and SIGKILL it part-way through.
+
+    progress(db) -> the fraction of the work done, from 0 (nothing yet) to 1 (all), read on
+    an open sqlite3 connection to the store. It is polled as fast as SQLite answers (one
+    connection, no sleep), and the kill is sent once it reaches a target fraction (half
+    the work at first). If the command finished first, the store is put back from a copy
+    and the next try aims 4 times earlier, down to "at the first sign of progress".
+    -> the fraction done when it was killed (strictly between 0 and 1).
+    """
+    copy = server.workdir / "before-kill.db"
+    shutil.copyfile(server.db_path, copy)
+    target, seen = 0.5, []
+    for _ in range(tries):
+        process = server.cli_process(*args, env=env)
+        with db_open(server.db_path) as db:
+            while process.poll() is None:
+                try:
+                    done = progress(db)
+                except sqlite3.OperationalError:   # busy for a moment: look again
+                    continue
+                if 0 < done < 1 and done >= target:
+                    break
+                time.sleep(0.0002)
+            process.send_signal(signal.SIGKILL)
+            _, stderr = process.communicate()
+            assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+            done = progress(db)
+        seen.append(round(done, 3))
+        if 0 < done < 1:
+            return done
+        # Finished before the kill (or never started): start over from the copy.
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{server.db_path}{suffix}")
+        shutil.copyfile(copy, server.db_path)
+        target = target / 4 if target > 0.001 else 0.0
+    pytest.fail(f"could not kill {args[0]} part-way through in {tries} tries "
+                f"(progress seen after each kill: {seen})")
 
 
 # -- the database file ----------------------------------------------------------
@@ -225,6 +291,32 @@ def orphan_payloads(db) -> int:
               if t in present]
     return db.execute("SELECT count(*) FROM payloads WHERE id NOT IN (" +
                       " UNION ".join(owners) + ")").fetchone()[0]
+
+
+SEAL_OVERHEAD = 12 + 16   # nonce + Poly1305 tag of a sealed payload
+
+
+def assert_payload_rows_whole(db_path, sealed: bool = False, hashes: bool = True) -> None:
+    """Every stored payload is as long as its row says (and a plaintext blob hashes right),
+    and no payload is stored that nothing points at."""
+    overhead = SEAL_OVERHEAD if sealed else 0
+    with db_open(db_path) as db:
+        present = tables(db)
+        for table in ("blobs", "blob_versions"):   # blob_versions: snapshot history, if any
+            if table not in present:
+                continue
+            for namespace, size, stored, digest, data in db.execute(
+                    f"SELECT t.namespace, t.size, length(p.data), t.sha256, "
+                    f"CASE WHEN p.key_id IS NULL AND ? THEN p.data END "
+                    f"{payload_source(db, table)}", (hashes,)):
+                assert stored == size + overhead, (table, namespace, size, stored)
+                if data is not None:
+                    assert hashlib.sha256(data).hexdigest() == digest, (table, namespace)
+        for namespace, path, size, stored in db.execute(
+                "SELECT t.namespace, t.path, t.size, length(p.data) " +
+                payload_source(db, "objects")):
+            assert stored == size + overhead, (namespace, path, size, stored)
+        assert orphan_payloads(db) == 0, "payloads stored that no row points at"
 
 
 def data_fingerprint(path) -> dict:

@@ -1,8 +1,19 @@
 """Test harness: every test talks real HTTP to a real oxsync process on a free port.
 
-`server` is a running server with a fresh SQLite file; `make_server` builds more
-(custom environment or flags, restarts on the same database). Set OXSYNC_CMD to
-run the suite against another build, e.g. OXSYNC_CMD="python3 dist/oxsync.pyz".
+`server` is a running server with a fresh store; `make_server` builds more (custom
+environment or flags, restarts on the same store); module fixtures share one through
+`running_server`. Every server, and every command run with `server.cli`, is pointed at its
+store the same way (OxsyncServer.store_args): a SQLite file in its folder, or a PostgreSQL
+database (`database_url`) when the `store_kind` fixture says "postgres" (modules with
+BOTH_STORES = True run on both). Tests that open the SQLite file themselves are marked
+`sqlite_only`; `db_rows`/`db_change` read and write either store directly.
+
+Set OXSYNC_CMD to run the suite against another build, e.g.
+OXSYNC_CMD="python3 dist/oxsync.pyz" (default: python3 <repo>/oxsync.py).
+
+Also here, once for the whole suite: the admin page's login (`AdminClient`), the JSON error
+check (`assert_json_error`), the one-line CLI error check (`one_error_line`), and worker
+threads whose exceptions reach the test (`run_workers`, `workers`).
 """
 
 from __future__ import annotations
@@ -16,21 +27,38 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OXSYNC = shlex.split(os.environ.get("OXSYNC_CMD", "")) or [sys.executable, str(ROOT / "oxsync.py")]
 TEST_KEY = "11" * 32
+SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
+# Settings a test server must not inherit from the environment the suite runs in.
+HARNESS_OWNED_ENV = ("ENCRYPTION_KEY", "NEW_ENCRYPTION_KEY", "ADMIN_PASSWORD", "DB_PATH",
+                     "DATABASE_URL", "LISTEN_ADDR", "TLS_CERT_FILE", "TLS_KEY_FILE",
+                     "REDIRECT_HTTP_PORT", "LOG_LEVEL", "RUST_LOG", "LOG_FORMAT",
+                     "METRICS_TOKEN")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_oxsync(*args: str, env: dict | None = None, cwd=None, input: str | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    """One oxsync command run to its end (text output); nothing is appended to `args`."""
+    return subprocess.run(OXSYNC + list(args), input=input, capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout, stdin=None if input else
+                          subprocess.DEVNULL, check=False)
 
 
 class Answer:
@@ -51,28 +79,53 @@ class Answer:
 
 
 class OxsyncServer:
-    """One oxsync process; the database file outlives restarts."""
+    """One oxsync process; its store (SQLite file or `database_url`) outlives restarts."""
 
-    def __init__(self, workdir: Path, env: dict | None = None, args: tuple = ()):
+    def __init__(self, workdir: Path, env: dict | None = None, args: tuple = (),
+                 database_url: str | None = None):
         self.workdir = workdir
         self.db_path = workdir / "sync.db"
+        self.database_url = database_url
         self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("ENCRYPTION_KEY", "ADMIN_PASSWORD", "DB_PATH", "LISTEN_ADDR")}
+        self.env = {k: v for k, v in os.environ.items() if k not in HARNESS_OWNED_ENV}
         self.env.update(env or {})
         self.args = list(args)
         self.process: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
         self.allow_traceback = False
+        self.secrets: set[str] = set()     # values the log must never show
+
+    @property
+    def store_kind(self) -> str:
+        return "postgres" if self.database_url else "sqlite"
+
+    def store_args(self) -> list[str]:
+        """What names this server's store to `serve` and to every other command."""
+        if self.database_url:
+            return ["--database-url", self.database_url]
+        return ["--db-path", str(self.db_path)]
+
+    def serve_command(self, *args: str, listen: bool = True) -> list[str]:
+        where = ["--listen", f"127.0.0.1:{self.port}"] if listen else []
+        return OXSYNC + ["serve", *where, *self.store_args(), *self.args, *args]
+
+    def environment(self, changes: dict | None = None) -> dict:
+        """self.env with `changes` applied (a value of None removes the variable)."""
+        env = dict(self.env)
+        for name, value in (changes or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     # -- process ------------------------------------------------------------
 
     def start(self, wait: bool = True) -> "OxsyncServer":
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            OXSYNC + ["serve", "--listen", f"127.0.0.1:{self.port}",
-                      "--db-path", str(self.db_path)] + self.args,
-            cwd=self.workdir, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            self.serve_command(), cwd=self.workdir, env=self.env, stdout=self.log_file,
+            stderr=subprocess.STDOUT,
             # No terminal: nothing (e.g. OpenSSL asking for a key's pass phrase) may prompt.
             stdin=subprocess.DEVNULL, start_new_session=True)
         if wait:
@@ -112,6 +165,18 @@ class OxsyncServer:
         self.stop()
         return self.start()
 
+    def serve_once(self, *args: str, env: dict | None = None, listen: bool = True,
+                   timeout: float = 30) -> subprocess.CompletedProcess:
+        """`oxsync serve` on this store, run to its end: for starts that must be refused.
+        -> the finished process, with `.seconds` it took."""
+        started = time.monotonic()
+        result = subprocess.run(self.serve_command(*args, listen=listen), capture_output=True,
+                                text=True, cwd=self.workdir, env=self.environment(env),
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                timeout=timeout, check=False)
+        result.seconds = time.monotonic() - started
+        return result
+
     def log(self) -> str:
         """The server's log so far. The server writes log lines on a background thread, so
         while it runs, wait until the file stops growing for 0.1 s (at most 2 s)."""
@@ -128,17 +193,36 @@ class OxsyncServer:
                 time.sleep(0.02)
         return self.log_path.read_text(errors="replace")
 
+    def remember(self, *secrets: str | None) -> None:
+        """Values that must never appear in this server's log (checked at teardown)."""
+        self.secrets.update(s for s in secrets if s)
+
+    def assert_log_clean(self) -> None:
+        """No traceback (unless allowed) and no remembered secret in the log."""
+        log = self.log()
+        if not self.allow_traceback:
+            assert "Traceback" not in log, log
+        leaked = sorted(s for s in self.secrets if s in log)
+        assert not leaked, f"secrets in the server log: {leaked}"
+
     # -- CLI ----------------------------------------------------------------
 
     def cli(self, *args: str, input: str | None = None, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(OXSYNC + list(args) + ["--db-path", str(self.db_path)],
-                                input=input, capture_output=True, text=True, cwd=self.workdir,
-                                env={**self.env, **(env or {})}, timeout=60)
+            check: bool = True, store: bool = True) -> subprocess.CompletedProcess:
+        """An oxsync command on this server's store (`store=False`: as given, e.g. for
+        verify-backup or a --db-path of the test's own)."""
+        result = run_oxsync(*args, *(self.store_args() if store else ()), input=input,
+                            env=self.environment(env), cwd=self.workdir)
         if check and result.returncode != 0:
             raise AssertionError(f"oxsync {' '.join(args)} exited {result.returncode}: "
                                  f"{result.stderr}")
         return result
+
+    def cli_process(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """An oxsync command on this store, started and left running (e.g. to kill it)."""
+        return subprocess.Popen(OXSYNC + list(args) + self.store_args(), cwd=self.workdir,
+                                env=self.environment(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def create_token(self, namespace: str = "*", permissions: str = "read,write",
                      name: str = "test", expires_at: str | None = None) -> str:
@@ -179,29 +263,112 @@ class OxsyncServer:
 
 def ns_path(namespace: str, rest: str) -> str:
     """The client's encoding: the namespace is one percent-encoded segment."""
-    from urllib.parse import quote
     return f"/v1/namespaces/{quote(namespace, safe='')}/{rest}"
 
 
 def object_path(namespace: str, path: str) -> str:
-    from urllib.parse import quote
     encoded = "/".join(quote(part, safe="") for part in path.split("/"))
     return ns_path(namespace, f"objects/{encoded}")
 
 
+def quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+# -- servers ------------------------------------------------------------------------
+
+STORE_KINDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc):
+    """A module that sets BOTH_STORES = True runs each test that uses a server on SQLite
+    and on PostgreSQL; every other module on SQLite only (no id suffix)."""
+    if "store_kind" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_STORES", False):
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def store_kind(request) -> str:
+    """The store this test's servers use: "sqlite" (a file per server) or "postgres"."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "postgres":
+        import _postgres
+        reason = _postgres.available()
+        if reason:
+            pytest.skip(f"PostgreSQL store: {reason}")
+    return kind
+
+
+def database_url_for(store_kind: str) -> str | None:
+    """None for SQLite (the server's own file), else a fresh PostgreSQL database's URL."""
+    if store_kind == "sqlite":
+        return None
+    import _postgres
+    return _postgres.new_database()
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_only(request):
+    if request.node.get_closest_marker("sqlite_only") and \
+            "store_kind" in request.fixturenames and \
+            request.getfixturevalue("store_kind") != "sqlite":
+        pytest.skip("reads the SQLite file directly")
+
+
+@contextlib.contextmanager
+def _store_connection(server):
+    if server.store_kind == "sqlite":
+        import sqlite3
+        db = sqlite3.connect(server.db_path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db, "?"
+        finally:
+            db.close()
+    else:
+        import psycopg
+        from psycopg.rows import dict_row
+        with psycopg.connect(server.database_url, row_factory=dict_row) as db:
+            yield db, "%s"
+
+
+def db_rows(server, sql: str, params=()) -> list[dict]:
+    """Rows of a query on the server's store, as dicts ('?' placeholders on either)."""
+    with _store_connection(server) as (db, mark):
+        return [dict(row) for row in db.execute(sql.replace("?", mark), params).fetchall()]
+
+
+def db_change(server, sql: str, params=()) -> int:
+    """A write behind the server's back on its store -> the rows it changed."""
+    with _store_connection(server) as (db, mark):
+        return db.execute(sql.replace("?", mark), params).rowcount
+
+
 @contextlib.contextmanager
 def running_server(directory: Path, env: dict | None = None, args: tuple = (),
-                   token: bool = True):
+                   token: bool = True, store_kind: str = "sqlite",
+                   server_class: type = OxsyncServer, **server_options):
     """A server shared by a whole module (server.token: a read/write token for '*'); the
-    module fails if the log shows a traceback. Tests that share it use their own namespace."""
-    server = OxsyncServer(directory, env, args).start()
-    if token:
-        server.token = server.create_token(name="shared")
+    module fails if the log shows a traceback or a remembered secret. Tests that share it
+    use their own namespace."""
+    server = server_class(directory, env, args, database_url_for(store_kind),
+                          **server_options).start()
     try:
+        if token:
+            server.token = server.create_token(name="shared")
         yield server
     finally:
         server.stop()
-        assert "Traceback" not in server.log(), server.log()
+    server.assert_log_clean()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, store_kind):
+    """A server with default settings for a module (modules that need other settings
+    define their own `shared`)."""
+    with running_server(tmp_path_factory.mktemp("shared"), store_kind=store_kind) as server:
+        yield server
 
 
 @pytest.fixture
@@ -211,22 +378,25 @@ def ns() -> str:
 
 
 @pytest.fixture
-def make_server(tmp_path):
-    """Factory: make_server(env={...}, args=[...], start=True) -> OxsyncServer."""
+def make_server(tmp_path, store_kind):
+    """Factory: make_server(env={...}, args=[...], start=True) -> OxsyncServer, on this
+    test's store kind (server_class and its own options for a subclass, e.g. TLS)."""
     servers = []
 
-    def make(env=None, args=(), start=True, workdir=None):
+    def make(env=None, args=(), start=True, workdir=None, server_class=OxsyncServer,
+             **server_options):
         directory = workdir or tmp_path / f"server{len(servers)}"
         directory.mkdir(exist_ok=True)
-        server = OxsyncServer(directory, env, args)
+        server = server_class(directory, env, args, database_url_for(store_kind),
+                              **server_options)
         servers.append(server)
         return server.start() if start else server
 
     yield make
     for server in servers:
         server.stop()
-        if not server.allow_traceback:
-            assert "Traceback" not in server.log(), server.log()
+    for server in servers:
+        server.assert_log_clean()
 
 
 @pytest.fixture
@@ -237,3 +407,196 @@ def server(make_server) -> OxsyncServer:
 @pytest.fixture
 def token(server) -> str:
     return server.create_token()
+
+
+# -- answers and command results ----------------------------------------------------
+
+# The error codes PROTOCOL.md names for these statuses; others carry a code of their own.
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 410: "namespace_deleted",
+               413: "payload_too_large", 429: "too_many_requests", 500: "internal_error",
+               503: "unavailable", 507: "insufficient_storage"}
+
+
+def assert_json_error(answer, status: int, *words: str, code: str | None = None) -> str:
+    """`answer` (an Answer or a raw-socket RawAnswer) is the contract's JSON error:
+    `status`, a JSON body {"error": {"code", "message"}}, the code PROTOCOL.md gives the
+    status (or `code`), a message of a sentence naming each of `words` (any case), a
+    Content-Length that fits, and on a 401 the Bearer challenge. -> the message."""
+    assert answer.status == status, answer
+    assert (answer.headers.get("Content-Type") or "").startswith("application/json"), \
+        (answer, dict(answer.headers))
+    error = answer.json["error"]
+    assert isinstance(error, dict) and set(error) >= {"code", "message"}, error
+    expected = code or ERROR_CODES.get(status)
+    if expected:
+        assert error["code"] == expected, error
+    else:
+        assert isinstance(error["code"], str) and error["code"], error
+    message = error["message"]
+    assert isinstance(message, str) and len(message) >= 10, error
+    for word in words:
+        assert word.lower() in message.lower(), (word, message)
+    length = answer.headers.get("Content-Length")
+    if length is not None:
+        assert int(length) == len(answer.body), (length, answer)
+    if status == 401:   # exactly one challenge
+        challenges = answer.headers.get_all("WWW-Authenticate") \
+            if hasattr(answer.headers, "get_all") else [answer.headers.get("WWW-Authenticate")]
+        assert challenges == ['Bearer realm="oxsync"'], dict(answer.headers)
+    return message
+
+
+def one_error_line(result: subprocess.CompletedProcess, *fragments: str,
+                   code: int | None = None) -> str:
+    """A refused command: a non-zero exit (`code`, if given), no traceback anywhere, and
+    exactly one non-empty line on stderr naming each fragment (any case). -> that line."""
+    assert result.returncode != 0, result
+    if code is not None:
+        assert result.returncode == code, result
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
+    return lines[0]
+
+
+# -- the admin page, as a browser session ---------------------------------------------
+
+def cookies_of(answer) -> dict[str, tuple[str, dict]]:
+    """Set-Cookie headers -> {name: (value, {attribute (lowercase): value or True})}."""
+    cookies = {}
+    for header in answer.headers.get_all("Set-Cookie") or []:
+        first, *attributes = [part.strip() for part in header.split(";")]
+        name, _, value = first.partition("=")
+        attrs = {}
+        for attribute in attributes:
+            key, sep, attr_value = attribute.partition("=")
+            attrs[key.lower()] = attr_value if sep else True
+        cookies[name] = (value, attrs)
+    return cookies
+
+
+class AdminClient:
+    """What the admin page does: log in, then send the session cookie, and the CSRF token
+    on every non-GET call. `headers` go with every request (e.g. X-Forwarded-For);
+    `connection` (optional) carries every request. Passwords, session cookies and CSRF
+    tokens it handles are remembered by the server as secrets its log must not show."""
+
+    LOGIN = "/admin/api/login"
+
+    def __init__(self, server: OxsyncServer, headers: dict | None = None, connection=None):
+        self.server = server
+        self.headers = dict(headers or {})
+        self.connection = connection
+        self.session: str | None = None
+        self.csrf: str | None = None
+        self.username: str | None = None
+        server.remember(server.env.get("ADMIN_JWT_SECRET"), server.env.get("ADMIN_PASSWORD"))
+
+    def login(self, password: str | None = None, username: str | None = None,
+              expect: int | None = 200, headers: dict | None = None, **extra) -> Answer:
+        """POST /admin/api/login (password: ADMIN_PASSWORD's by default); `expect` is the
+        status required (None: any)."""
+        password = self.server.env.get("ADMIN_PASSWORD") if password is None else password
+        body = {"password": password, **extra}
+        if username is not None:
+            body["username"] = username
+        self.server.remember(password)
+        answer = self.server.request("POST", self.LOGIN, body,
+                                     {**self.headers, **(headers or {})},
+                                     connection=self.connection)
+        assert expect is None or answer.status == expect, answer
+        if answer.status == 200:
+            self.adopt(answer)
+        return answer
+
+    def adopt(self, answer) -> None:
+        """Take the session from a login or password-change answer."""
+        self.session = cookies_of(answer)["oxsync_session"][0]
+        self.csrf = answer.json["csrfToken"]
+        self.username = answer.json["username"]
+        self.server.remember(self.session, self.csrf)
+
+    def auth_headers(self) -> dict:
+        """The session cookie and the CSRF header, for a request made by hand."""
+        return {"Cookie": f"oxsync_session={self.session}", "X-CSRF-Token": self.csrf}
+
+    def call(self, method: str, path: str, body=None, csrf: bool | str | None = True,
+             headers: dict | None = None) -> Answer:
+        sent = dict(self.headers)
+        if self.session is not None:
+            sent["Cookie"] = f"oxsync_session={self.session}"
+        if isinstance(csrf, str):
+            sent["X-CSRF-Token"] = csrf
+        elif csrf and self.csrf and method not in ("GET", "HEAD"):
+            sent["X-CSRF-Token"] = self.csrf
+        sent.update(headers or {})
+        if isinstance(body, (list, int, str)) and not isinstance(body, bytes):
+            body = json.dumps(body)
+            sent.setdefault("Content-Type", "application/json")
+        return self.server.request(method, path, body, sent, connection=self.connection)
+
+    def get(self, path, **kwargs) -> Answer:
+        return self.call("GET", path, **kwargs)
+
+    def post(self, path, body=None, **kwargs) -> Answer:
+        return self.call("POST", path, body, **kwargs)
+
+    def patch(self, path, body=None, **kwargs) -> Answer:
+        return self.call("PATCH", path, body, **kwargs)
+
+    def delete(self, path, **kwargs) -> Answer:
+        return self.call("DELETE", path, **kwargs)
+
+
+def admin_ns(name: str, rest: str = "") -> str:
+    """An admin API path of one namespace."""
+    return f"/admin/api/namespaces/{quote(name, safe='')}{rest}"
+
+
+# -- worker threads ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def workers(*targets, timeout: float = 120, barrier: bool = False):
+    """Run each callable in a thread of its own while the block runs; on leaving it, wait
+    for all of them and re-raise (in the test) the first exception any of them raised.
+    -> a list that holds each callable's return value once the block has been left.
+    barrier: release them all at once, when every thread has started."""
+    results: list = [None] * len(targets)
+    failures: list[tuple[float, int, BaseException]] = []
+    start = threading.Barrier(len(targets)) if barrier and targets else None
+
+    def run(index, target):
+        try:
+            if start is not None:
+                start.wait(30)
+            results[index] = target()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test below
+            failures.append((time.monotonic(), index, error))
+
+    threads = [threading.Thread(target=run, args=(i, t), daemon=True, name=f"worker-{i}")
+               for i, t in enumerate(targets)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield results
+    finally:
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if failures:
+        _, index, error = min(failures, key=lambda failure: failure[0])
+        detail = "".join(traceback.format_exception(error))
+        raise AssertionError(f"worker {index} of {len(targets)} failed "
+                             f"({len(failures)} failed in all):\n{detail}") from error
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert not stuck, f"workers still running after {timeout} s: {stuck}"
+
+
+def run_workers(*targets, timeout: float = 120, barrier: bool = False) -> list:
+    """Run the callables in threads, wait, re-raise the first exception -> their results."""
+    with workers(*targets, timeout=timeout, barrier=barrier) as results:
+        pass
+    return results

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import sqlite3
 import time
 import uuid
 from datetime import datetime, timezone
 
 import pytest
-from conftest import OxsyncServer, ns_path, object_path
-
-REALM = 'Bearer realm="oxsync"'
+from conftest import assert_json_error, db_change, ns_path, object_path, running_server
 
 
 # -- a shared server: every token kind is made once per module ----------------------
@@ -23,8 +19,15 @@ class Tokens:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    server = OxsyncServer(tmp_path_factory.mktemp("auth")).start()
+def shared(tmp_path_factory, store_kind):
+    with running_server(tmp_path_factory.mktemp("auth"), token=False,
+                        store_kind=store_kind) as server:
+        server.tokens = make_tokens(server)
+        yield server
+
+
+def make_tokens(server) -> Tokens:
+    """One token of each kind the tests below use."""
     tokens = Tokens()
     tokens.rw = server.create_token(name="rw")
     tokens.read = server.create_token(permissions="read", name="read-only")
@@ -40,10 +43,7 @@ def shared(tmp_path_factory):
                                          expires_at=expiry.strftime("%Y-%m-%dT%H:%M:%SZ"))
     tokens.expired_day = expiry.strftime("%Y-%m-%d")
     time.sleep(max(0.0, expiry.timestamp() - time.time()) + 0.1)
-    server.tokens = tokens
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+    return tokens
 
 
 def b64(text: str) -> str:
@@ -68,18 +68,6 @@ def get(server, namespace, authorization=None, method="GET", what="metadata", bo
     return server.request(method, path, body, headers)
 
 
-def assert_error(answer, status, code, *fragments):
-    assert answer.status == status, answer
-    error = answer.json["error"]
-    assert error["code"] == code, error
-    message = error["message"]
-    assert isinstance(message, str) and len(message) > 15, error
-    for fragment in fragments:
-        assert fragment.lower() in message.lower(), (fragment, message)
-    if status == 401:
-        assert answer.headers.get_all("WWW-Authenticate") == [REALM], answer.headers
-
-
 # -- 401: who are you? -------------------------------------------------------------------
 
 UNAUTHENTICATED = [
@@ -102,10 +90,11 @@ UNAUTHENTICATED = [
 @pytest.mark.parametrize("method", ["GET", "PUT"])
 @pytest.mark.parametrize("case, header, fragments", UNAUTHENTICATED,
                          ids=[case[0] for case in UNAUTHENTICATED])
-def test_unauthenticated(shared, case, header, fragments, method):
+def test_missing_or_bad_credentials_get_401_and_store_nothing(shared, case, header, fragments,
+                                                               method):
     namespace = unique_ns()
     answer = get(shared, namespace, header(shared.tokens), method=method)
-    assert_error(answer, 401, "unauthorized", *fragments)
+    assert_json_error(answer, 401, *fragments)
     if case == "expired":  # the message names the day it expired
         assert shared.tokens.expired_day in answer.json["error"]["message"], answer
     if method == "PUT":
@@ -124,7 +113,7 @@ ACCEPTED = [
 
 
 @pytest.mark.parametrize("case, header", ACCEPTED, ids=[case[0] for case in ACCEPTED])
-def test_accepted_forms(shared, case, header):
+def test_bearer_and_basic_forms_of_a_valid_token_are_accepted(shared, case, header):
     namespace = unique_ns()
     put = get(shared, namespace, header(shared.tokens), method="PUT",
               body=json.dumps({"revision": case}).encode())
@@ -148,17 +137,18 @@ PATTERNS = [
 
 @pytest.mark.parametrize("which, namespace, allowed", PATTERNS,
                          ids=[f"{p[0]}-{p[1]}" for p in PATTERNS])
-def test_namespace_patterns(shared, which, namespace, allowed):
+def test_a_token_reaches_only_namespaces_its_pattern_matches(shared, which, namespace,
+                                                              allowed):
     token = getattr(shared.tokens, which)
     answer = get(shared, namespace, "Bearer " + token)
     if allowed:
         assert answer.status == 200, answer
     else:
-        assert_error(answer, 403, "forbidden", namespace)
+        assert_json_error(answer, 403, namespace)
         pattern = {"exact": "team/default", "team": "team/*"}[which]
         assert pattern in answer.json["error"]["message"]
         put = get(shared, namespace, "Bearer " + token, method="PUT", what="object", body=b"x")
-        assert_error(put, 403, "forbidden")
+        assert_json_error(put, 403)
         assert shared.request("GET", object_path(namespace, "structured/x/y.json"),
                               token=shared.tokens.rw).status == 404
 
@@ -177,7 +167,8 @@ PERMISSIONS = [
 
 @pytest.mark.parametrize("which, method, what, status", PERMISSIONS,
                          ids=["-".join(map(str, p)) for p in PERMISSIONS])
-def test_permissions(shared, which, method, what, status):
+def test_read_and_write_permissions_allow_only_their_methods(shared, which, method, what,
+                                                              status):
     namespace = unique_ns()
     answer = get(shared, namespace, "Bearer " + getattr(shared.tokens, which), method=method,
                  what=what)
@@ -185,7 +176,7 @@ def test_permissions(shared, which, method, what, status):
     if status == 403:
         if method != "HEAD":
             missing = "write" if method == "PUT" else "read"
-            assert_error(answer, 403, "forbidden", missing)
+            assert_json_error(answer, 403, missing)
         if method == "PUT":
             assert get(shared, namespace, "Bearer " + shared.tokens.rw).json == \
                 {"exists": False, "contentLength": 0}
@@ -199,11 +190,11 @@ def test_disable_enable_delete_take_effect_at_once(shared):
     namespace = unique_ns()
     assert get(shared, namespace, "Bearer " + token).status == 200
     shared.cli("token", "disable", token_id)
-    assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "disabled")
+    assert_json_error(get(shared, namespace, "Bearer " + token), 401, "disabled")
     shared.cli("token", "enable", token_id)
     assert get(shared, namespace, "Bearer " + token).status == 200
     shared.cli("token", "delete", token_id)
-    assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "unknown")
+    assert_json_error(get(shared, namespace, "Bearer " + token), 401, "unknown")
 
 
 def test_a_change_by_any_process_is_seen_by_the_next_request(shared):
@@ -215,17 +206,16 @@ def test_a_change_by_any_process_is_seen_by_the_next_request(shared):
     assert get(shared, namespace, "Bearer " + token, method="PUT").status == 200
 
     def edit(sql, *params):
-        with contextlib.closing(sqlite3.connect(shared.db_path, timeout=30)) as db, db:
-            db.execute(sql, params)
+        assert db_change(shared, sql, params) == 1, sql
 
     for _ in range(3):  # each time from a cache filled by the request before
         assert get(shared, namespace, "Bearer " + token).status == 200
         edit("UPDATE tokens SET enabled = 0 WHERE id = ?", token_id)
-        assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "disabled")
+        assert_json_error(get(shared, namespace, "Bearer " + token), 401, "disabled")
         edit("UPDATE tokens SET enabled = 1 WHERE id = ?", token_id)
         assert get(shared, namespace, "Bearer " + token).status == 200
         edit("UPDATE namespaces SET deleted_at = 1 WHERE name = ?", namespace)
-        assert_error(get(shared, namespace, "Bearer " + token), 410, "namespace_deleted")
+        assert_json_error(get(shared, namespace, "Bearer " + token), 410)
         edit("UPDATE namespaces SET deleted_at = NULL WHERE name = ?", namespace)
     edit("UPDATE namespaces SET metadata = ? WHERE name = ?",
          '{"exists":true,"revision":"from-elsewhere"}', namespace)
@@ -241,11 +231,11 @@ def test_token_expires_while_in_use(shared):
     if time.time() < expiry.timestamp() - 0.5:  # a very loaded machine may already be late
         assert get(shared, namespace, "Bearer " + token).status == 200
     time.sleep(max(0.0, expiry.timestamp() - time.time()) + 0.2)
-    assert_error(get(shared, namespace, "Bearer " + token), 401, "unauthorized", "expired",
-                 expiry.strftime("%Y-%m-%d"))
+    assert_json_error(get(shared, namespace, "Bearer " + token), 401, "expired",
+                      expiry.strftime("%Y-%m-%d"))
 
 
-def test_rotation(shared):
+def test_rotation_replaces_the_secret_and_keeps_id_and_scope(shared):
     old = shared.create_token(name="rotating", namespace="rot/*")
     token_id = shared.token_id("rotating")
     namespace = unique_ns("rot")
@@ -253,11 +243,11 @@ def test_rotation(shared):
     result = shared.cli("token", "rotate", token_id)
     new = result.stdout.strip()
     assert result.stdout.count("\n") == 1 and new.startswith("oxs_") and new != old
-    assert_error(get(shared, namespace, "Bearer " + old), 401, "unauthorized", "unknown")
+    assert_json_error(get(shared, namespace, "Bearer " + old), 401, "unknown")
     assert get(shared, namespace, "Bearer " + new).status == 200
     # same token: same id, pattern and permissions
     assert shared.token_id("rotating") == token_id
-    assert_error(get(shared, "elsewhere", "Bearer " + new), 403, "forbidden", "rot/*")
+    assert_json_error(get(shared, "elsewhere", "Bearer " + new), 403, "rot/*")
 
 
 # -- order of checks on a soft-deleted namespace -----------------------------------------
@@ -273,19 +263,19 @@ def test_check_order_on_a_deleted_namespace(shared):
     shared.cli("namespace", "delete", namespace)
 
     for method in ("GET", "PUT"):
-        assert_error(get(shared, namespace, None, method=method), 401, "unauthorized")
-        assert_error(get(shared, namespace, "Bearer oxs_" + "B" * 43, method=method), 401,
-                     "unauthorized", "unknown")
-        assert_error(get(shared, namespace, "Bearer " + tokens.disabled, method=method), 401,
-                     "unauthorized", "disabled")
-        assert_error(get(shared, namespace, "Bearer " + wrong, method=method), 403,
-                     "forbidden", "other/*")
+        assert_json_error(get(shared, namespace, None, method=method), 401)
+        assert_json_error(get(shared, namespace, "Bearer oxs_" + "B" * 43, method=method),
+                          401, "unknown")
+        assert_json_error(get(shared, namespace, "Bearer " + tokens.disabled, method=method),
+                          401, "disabled")
+        assert_json_error(get(shared, namespace, "Bearer " + wrong, method=method), 403,
+                          "other/*")
     # the namespace's state comes before the permission
     for token, method in ((tokens.read, "PUT"), (tokens.write, "GET"), (tokens.rw, "GET"),
                           (tokens.rw, "PUT"), (tokens.team, "GET")):
         for what in ("metadata", "blob", "object"):
             answer = get(shared, namespace, "Bearer " + token, method=method, what=what)
-            assert_error(answer, 410, "namespace_deleted", "deleted", "restore")
+            assert_json_error(answer, 410, "deleted", "restore")
 
     shared.cli("namespace", "restore", namespace)
     answer = get(shared, namespace, "Bearer " + tokens.rw)
@@ -301,7 +291,7 @@ def token_view(server, name):
                 if t["name"] == name)
 
 
-def test_usage_is_recorded(shared):
+def test_token_use_count_namespace_ip_and_client_version_are_recorded(shared):
     token = shared.create_token(name="usage")
     long_token = shared.create_token(name="usage-long")
     first, last = unique_ns("usage"), unique_ns("usage")

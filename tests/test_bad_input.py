@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
-import socket
 import sqlite3
 import time
 from urllib.parse import quote
 
 import pytest
-from conftest import Answer, ns_path, object_path, running_server
+from _reliability import raw_connect, raw_request, read_answer, read_until_done
+from conftest import assert_json_error, ns_path, object_path, running_server
 
 NS = "team/default"
 NS_RAW = "team%2Fdefault"
@@ -22,9 +21,10 @@ NOT_DATA = {"tokens"}  # usage counters change on every request
 # -- helpers --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, store_kind):
     with running_server(tmp_path_factory.mktemp("bad-input"),
-                        {"MAX_BLOB_SIZE": str(LIMIT), "MAX_OBJECT_SIZE": str(LIMIT)}) as server:
+                        {"MAX_BLOB_SIZE": str(LIMIT), "MAX_OBJECT_SIZE": str(LIMIT)},
+                        store_kind=store_kind) as server:
         yield server
 
 
@@ -44,15 +44,6 @@ def db_snapshot(server) -> dict:
                               key=repr) for table in tables if table not in NOT_DATA}
 
 
-def raw_request(server, data: bytes, method: str = "PUT", timeout: float = 5) -> Answer:
-    """Send bytes as they are; read one answer."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        response = http.client.HTTPResponse(sock, method=method)
-        response.begin()
-        return Answer(response)
-
-
 def request_head(server, method: str, path: str, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}",
              f"Authorization: Bearer {server.token}"]
@@ -60,22 +51,10 @@ def request_head(server, method: str, path: str, headers: list[tuple[str, str]])
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def assert_json_error(answer, status, code=None):
-    assert answer.status == status, answer
-    assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
-    error = answer.json["error"]
-    assert isinstance(error["message"], str) and error["message"], error
-    if code:
-        assert error["code"] == code, error
-    else:
-        assert isinstance(error["code"], str) and error["code"], error
-    assert int(answer.headers["Content-Length"]) == len(answer.body)
-
-
 def still_serving(server) -> None:
     assert server.request("GET", "/health").status == 200
     answer = server.request("GET", ns_path("health/check", "metadata"), token=server.token)
-    assert answer.status == 200 and answer.json["exists"] in (False, True)
+    assert answer.status == 200 and answer.json == {"exists": False, "contentLength": 0}
 
 
 # -- the table of bad requests ------------------------------------------------------
@@ -186,10 +165,11 @@ def send(server, method, path, body, headers):
 
 
 @pytest.mark.parametrize("method, path, body, headers, status, code", BAD_CASES)
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_bad_request(shared, method, path, body, headers, status, code):
     before = db_snapshot(shared)
     answer = send(shared, method, path, body, headers)
-    assert_json_error(answer, status, code)
+    assert_json_error(answer, status, code=code)
     if status == 405:
         allowed = {m.strip() for m in answer.headers["Allow"].split(",")}
         assert "GET" in allowed and method not in allowed, allowed
@@ -199,6 +179,7 @@ def test_bad_request(shared, method, path, body, headers, status, code):
     still_serving(shared)
 
 
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_a_barrage_of_bad_requests_stores_nothing(fresh):
     before = db_snapshot(fresh)
     connection = fresh.connect()
@@ -252,14 +233,15 @@ def test_limits_that_are_still_accepted(shared):
 @pytest.mark.parametrize("rest, extra", [
     ("blob", [("X-OxideTerm-Revision", "r")]), ("objects/structured/big.oxide", []),
     ("metadata", [("Content-Type", "application/json")])])
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_too_large_is_refused_before_the_body(shared, rest, extra):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/{rest}",
                         extra + [("Content-Length", str(GIB))])
     started = time.monotonic()
-    answer = raw_request(shared, head, timeout=5)
+    answer = raw_request(shared.port, head, timeout=5)
     assert time.monotonic() - started < 3  # no body was sent: waiting for one would hang
-    assert_json_error(answer, 413, "payload_too_large")
+    assert_json_error(answer, 413, code="payload_too_large")
     assert db_snapshot(shared) == before
 
 
@@ -268,32 +250,34 @@ def test_too_large_is_refused_before_the_body(shared, rest, extra):
 def test_too_large_beyond_the_disk_is_still_413(shared, rest, extra):
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/{rest}",
                         extra + [("Content-Length", str(10 ** 17))])
-    answer = raw_request(shared, head, timeout=3)
-    assert_json_error(answer, 413, "payload_too_large")
+    answer = raw_request(shared.port, head, timeout=3)
+    assert_json_error(answer, 413, code="payload_too_large")
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1e3", " 12 x", "0x10", "+5", "1 2", "1.0",
                                    "９"])
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_bad_content_length(shared, value):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Content-Length", value)])
-    assert_json_error(raw_request(shared, head), 400, "bad_request")
+    assert_json_error(raw_request(shared.port, head), 400, code="bad_request")
     assert db_snapshot(shared) == before
 
 
 def test_two_content_lengths(shared):
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Content-Length", "1"), ("Content-Length", "2")])
-    assert_json_error(raw_request(shared, head + b"xy"), 400, "bad_request")
+    assert_json_error(raw_request(shared.port, head + b"xy"), 400, code="bad_request")
 
 
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_put_without_length_is_411(shared):
     before = db_snapshot(shared)
     for rest in ("objects/a.json", "metadata", "blob"):
         head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/{rest}",
                             [("X-OxideTerm-Revision", "r")])
-        assert_json_error(raw_request(shared, head), 411)
+        assert_json_error(raw_request(shared.port, head), 411)
     assert db_snapshot(shared) == before
 
 
@@ -311,7 +295,7 @@ def test_chunked_uploads_work(shared):
     for rest, extra, payload, status in cases:
         head = request_head(shared, "PUT", f"/v1/namespaces/{raw_ns}/{rest}",
                             extra + [("Transfer-Encoding", "chunked")])
-        answer = raw_request(shared, head + chunked(payload[:5], payload[5:7], payload[7:]))
+        answer = raw_request(shared.port, head + chunked(payload[:5], payload[5:7], payload[7:]))
         assert answer.status == status, (rest, answer)
     assert shared.request("GET", object_path(namespace, "structured/a.json"),
                           token=shared.token).body == b'{"a": 1}'
@@ -326,75 +310,69 @@ def test_chunked_uploads_work(shared):
                                   b"1" * 20 + b"\r\nab\r\n0\r\n\r\n"],
                          ids=["letters", "negative", "empty", "data-longer-than-size",
                               "huge-size"])
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_bad_chunked_bodies(shared, body):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Transfer-Encoding", "chunked")])
-    assert_json_error(raw_request(shared, head + body), 400, "bad_request")
+    assert_json_error(raw_request(shared.port, head + body), 400, code="bad_request")
     assert db_snapshot(shared) == before
 
 
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_chunked_body_over_the_limit(shared):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Transfer-Encoding", "chunked")])
     body = chunked(*([b"x" * 65536] * (LIMIT // 65536)), b"y")
-    answer = raw_request(shared, head + body)
-    assert_json_error(answer, 413, "payload_too_large")
+    answer = raw_request(shared.port, head + body)
+    assert_json_error(answer, 413, code="payload_too_large")
     assert db_snapshot(shared) == before
 
 
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_content_length_and_transfer_encoding(shared):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Content-Length", "5"), ("Transfer-Encoding", "chunked")])
-    assert_json_error(raw_request(shared, head + chunked(b"hello")), 400, "bad_request")
+    assert_json_error(raw_request(shared.port, head + chunked(b"hello")), 400, code="bad_request")
     assert db_snapshot(shared) == before
 
 
-def read_until_blank_line(sock) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_expect_100_continue(shared):
     """A client that waits for 100 Continue gets it, or the refusal before sending its body."""
     path = f"/v1/namespaces/{NS_RAW}/objects/expect/a.json"
     head = request_head(shared, "PUT", path, [("Content-Length", "5"),
                                               ("Expect", "100-continue")])
-    with socket.create_connection(("127.0.0.1", shared.port), timeout=5) as sock:
+    with raw_connect(shared.port) as sock:
         sock.sendall(head)
-        interim = read_until_blank_line(sock)
-        assert interim.startswith(b"HTTP/1.1 100"), interim
+        interim = read_until_done(sock, expect=1, interim=True)
+        assert [a.status for a in interim.answers] == [100], interim
         sock.sendall(b"hello")
-        response = http.client.HTTPResponse(sock, method="PUT")
-        response.begin()
-        assert response.status == 201, response.read()
+        answer = read_answer(sock)
+        assert answer.status == 201, answer
     assert shared.request("GET", object_path(NS, "expect/a.json"), token=shared.token).body \
         == b"hello"
 
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", path, [("Content-Length", str(GIB)),
                                               ("Expect", "100-continue")])
-    answer = raw_request(shared, head)
-    assert_json_error(answer, 413, "payload_too_large")
+    answer = raw_request(shared.port, head)
+    assert_json_error(answer, 413, code="payload_too_large")
     assert db_snapshot(shared) == before
 
 
 @pytest.mark.parametrize("name", ["X-OxideTerm-Revision", "X-OxideTerm-Device-Id"])
+@pytest.mark.sqlite_only   # compares the database file's rows
 def test_header_that_is_not_utf8(shared, name):
     before = db_snapshot(shared)
     fields = {"X-OxideTerm-Revision": b"r", "Content-Length": b"4", name: b"\xff\xfe"}
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/blob", [])[:-2] + \
         b"".join(b"%s: %s\r\n" % (key.encode(), value) for key, value in fields.items()) + \
         b"\r\n"
-    answer = raw_request(shared, head + b"blob")
-    assert_json_error(answer, 400, "bad_request")
+    answer = raw_request(shared.port, head + b"blob")
+    assert_json_error(answer, 400, code="bad_request")
     assert name in answer.json["error"]["message"]
     assert db_snapshot(shared) == before
 
@@ -418,6 +396,6 @@ MALFORMED_HTTP = [
 @pytest.mark.parametrize("data, status", [case[1:] for case in MALFORMED_HTTP],
                          ids=[case[0] for case in MALFORMED_HTTP])
 def test_malformed_http_gets_a_json_error(shared, data, status):
-    answer = raw_request(shared, data, method="GET")
+    answer = raw_request(shared.port, data)
     assert_json_error(answer, status)
     still_serving(shared)

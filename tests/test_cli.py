@@ -6,11 +6,10 @@ import concurrent.futures
 import hashlib
 import json
 import re
-import sqlite3
-import subprocess
 
 import pytest
-from conftest import OXSYNC, free_port, ns_path, object_path, running_server
+from conftest import (db_rows, ns_path, object_path, one_error_line, run_oxsync,
+                      running_server)
 
 NS = "team/default"
 
@@ -18,29 +17,15 @@ NS = "team/default"
 # -- helpers ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, store_kind):
     """A running server whose database the token commands share."""
-    with running_server(tmp_path_factory.mktemp("cli"), token=False) as server:
+    with running_server(tmp_path_factory.mktemp("cli"), token=False,
+                        store_kind=store_kind) as server:
         yield server
 
 
 def token_list(server) -> list[dict]:
     return json.loads(server.cli("token", "list", "--json").stdout)
-
-
-def oxsync(*args, env=None, cwd=None, timeout=30) -> subprocess.CompletedProcess:
-    return subprocess.run(OXSYNC + list(args), capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=timeout)
-
-
-def one_error_line(result, *fragments, code=2) -> str:
-    assert result.returncode == code, result
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
-    return lines[0]
 
 
 def commands_in(help_text: str) -> list[str]:
@@ -57,13 +42,13 @@ def put_blob(server, token, data, namespace=NS):
 # -- help and version --------------------------------------------------------------------------
 
 def test_help_of_every_command():
-    top = oxsync("--help")
+    top = run_oxsync("--help")
     assert top.returncode == 0 and top.stdout.startswith("usage:"), top
     commands = commands_in(top.stdout)
     assert {"serve", "token", "namespace", "admin"} <= set(commands), commands
     invocations = [()] + [(command,) for command in commands]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        helps = dict(zip(invocations, pool.map(lambda words: oxsync(*words, "--help"),
+        helps = dict(zip(invocations, pool.map(lambda words: run_oxsync(*words, "--help"),
                                                invocations)))
         nested = {}
         for (command,), result in ((k, v) for k, v in helps.items() if k):
@@ -76,7 +61,7 @@ def test_help_of_every_command():
             assert actions <= set(nested.get(command, ())), (command, nested.get(command))
         deeper = [(command, action) for command, actions in nested.items()
                   for action in actions]
-        helps.update(zip(deeper, pool.map(lambda words: oxsync(*words, "--help"), deeper)))
+        helps.update(zip(deeper, pool.map(lambda words: run_oxsync(*words, "--help"), deeper)))
     for words, result in helps.items():
         assert result.returncode == 0, (words, result.stderr)
         assert result.stdout.startswith("usage: oxsync"), (words, result.stdout[:200])
@@ -88,7 +73,7 @@ def test_help_of_every_command():
 
 
 def test_version():
-    result = oxsync("--version")
+    result = run_oxsync("--version")
     assert result.returncode == 0, result
     assert re.fullmatch(r"oxsync \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
 
@@ -125,8 +110,7 @@ def test_token_list_never_shows_secrets(shared):
     for token in tokens:
         assert token["id"] in table.stdout and token["name"] in table.stdout
         assert token["enabled"] is True and token["useCount"] == 0
-    with sqlite3.connect(shared.db_path) as db:
-        hashes = [row[0] for row in db.execute("SELECT token_hash FROM tokens")]
+    hashes = [row["token_hash"] for row in db_rows(shared, "SELECT token_hash FROM tokens")]
     assert {hashlib.sha256(s.encode()).hexdigest() for s in secrets} <= set(hashes)
     for text in (table.stdout, table.stderr, listing.stdout, listing.stderr):
         for secret in secrets:
@@ -161,7 +145,7 @@ BAD_TOKEN_VALUES = [
 def test_token_create_rejects_bad_values(shared):
     for args, fragment in BAD_TOKEN_VALUES:
         result = shared.cli("token", "create", "--name", "bad", *args, check=False)
-        one_error_line(result, fragment)
+        one_error_line(result, fragment, code=2)
         assert result.stdout == ""
     assert not any(t["name"] == "bad" for t in token_list(shared))
 
@@ -211,19 +195,19 @@ def test_namespace_lifecycle(server, token):
         {"exists": False, "contentLength": 0}
     assert server.request("GET", ns_path(NS, "blob"), token=token).status == 404
     assert server.request("GET", object_path(NS, "structured/a.json"), token=token).status == 404
-    with sqlite3.connect(server.db_path) as db:
-        for table, column in (("namespaces", "name"), ("blobs", "namespace"),
-                              ("objects", "namespace"), ("manifests", "namespace"),
-                              ("conflicts", "namespace")):
-            count = db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (NS,))
-            assert count.fetchone()[0] == 0, table
+    for table, column in (("namespaces", "name"), ("blobs", "namespace"),
+                          ("objects", "namespace"), ("manifests", "namespace"),
+                          ("conflicts", "namespace")):
+        assert db_rows(server, f"SELECT count(*) AS n FROM {table} WHERE {column} = ?",
+                       (NS,)) == [{"n": 0}], table
     # the other namespace is untouched
     assert server.request("GET", ns_path(keep, "blob"), token=token).body == b"kept"
 
     for action in ("delete", "restore", "purge"):
         one_error_line(server.cli("namespace", action, "team/missing", check=False),
                        "team/missing", code=1)
-    one_error_line(server.cli("namespace", "create", "bad/../name", check=False), "namespace")
+    one_error_line(server.cli("namespace", "create", "bad/../name", check=False), "namespace",
+                   code=2)
 
 
 # -- configuration errors ------------------------------------------------------------------------
@@ -251,11 +235,9 @@ BAD_CONFIG = [
     f"{n}={a[1] if a else list(e.values())[0]}" for a, e, n in BAD_CONFIG])
 def test_bad_config_exits_2_with_one_line(make_server, args, env, name):
     server = make_server(start=False)
-    listen = () if any(a == "--listen" for a in args) or "LISTEN_ADDR" in env else \
-        ("--listen", f"127.0.0.1:{free_port()}")
-    result = oxsync("serve", *listen, "--db-path", str(server.db_path), *args,
-                    env={**server.env, **env}, cwd=server.workdir)
-    one_error_line(result, name)
+    result = server.serve_once(*args, env=env,
+                               listen="--listen" not in args and "LISTEN_ADDR" not in env)
+    one_error_line(result, name, code=2)
     assert result.stdout == ""
     assert not server.db_path.exists()
 
@@ -293,7 +275,7 @@ def test_dotenv_in_the_working_directory_is_read(make_server):
     # operator commands read it too (DB_PATH here)
     (server.workdir / ".env").write_text(f"DB_PATH={server.db_path}\n")
     env = {k: v for k, v in server.env.items() if k != "DB_PATH"}
-    listing = oxsync("token", "list", "--json", env=env, cwd=server.workdir)
+    listing = run_oxsync("token", "list", "--json", env=env, cwd=server.workdir)
     assert listing.returncode == 0, listing
     assert [t["name"] for t in json.loads(listing.stdout)] == ["test"]
 
@@ -303,7 +285,7 @@ def test_dotenv_in_the_working_directory_is_read(make_server):
                                      ("namespace", "create", "a")])
 def test_cli_on_a_missing_database(tmp_path, command):
     missing = tmp_path / "nowhere" / "sync.db"
-    result = oxsync(*command, "--db-path", str(missing), cwd=tmp_path)
-    one_error_line(result, str(missing))
+    result = run_oxsync(*command, "--db-path", str(missing), cwd=tmp_path)
+    one_error_line(result, str(missing), code=2)
     assert result.stdout == ""
     assert not missing.exists() and not missing.parent.exists()

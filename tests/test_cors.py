@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
-from conftest import OxsyncServer, ns_path, object_path
+from conftest import ns_path, object_path, running_server
 
 NS = "team/default"
 ALLOWED = "https://a.example"
@@ -18,28 +19,26 @@ def tokens_of(value: str | None) -> set[str]:
     return {part.strip().lower() for part in (value or "").split(",") if part.strip()}
 
 
-def start(directory, env=None) -> OxsyncServer:
-    server = OxsyncServer(directory, env=env).start()
-    server.token = server.create_token(name="cors")
-    server.read_token = server.create_token(name="cors-read", permissions="read")
-    return server
+@contextlib.contextmanager
+def cors_server(directory, store_kind, env=None):
+    """A module's server with a read/write token (server.token) and a read-only one."""
+    with running_server(directory, env, store_kind=store_kind) as server:
+        server.read_token = server.create_token(name="cors-read", permissions="read")
+        yield server
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory):
-    server = start(tmp_path_factory.mktemp("cors-open"))
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+def open_server(tmp_path_factory, store_kind):
+    with cors_server(tmp_path_factory.mktemp("cors-open"), store_kind) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def narrow_server(tmp_path_factory):
-    server = start(tmp_path_factory.mktemp("cors-narrow"),
-                   {"SYNC_CORS_ALLOWED_ORIGINS": f"{ALLOWED}, https://b.example:8443"})
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+def narrow_server(tmp_path_factory, store_kind):
+    with cors_server(tmp_path_factory.mktemp("cors-narrow"), store_kind,
+                     {"SYNC_CORS_ALLOWED_ORIGINS": f"{ALLOWED}, https://b.example:8443"}) \
+            as server:
+        yield server
 
 
 def cors_headers(answer) -> dict[str, str]:
@@ -55,7 +54,7 @@ PREFLIGHT_PATHS = [ns_path(NS, "metadata"), ns_path(NS, "blob"),
 
 
 @pytest.mark.parametrize("path", PREFLIGHT_PATHS)
-def test_preflight(open_server, path):
+def test_preflight_is_answered_204_without_a_token(open_server, path):
     answer = open_server.request("OPTIONS", path, headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
         "Access-Control-Request-Headers": "authorization,content-type,if-match,"
@@ -69,7 +68,7 @@ def test_preflight(open_server, path):
     assert answer.headers["Access-Control-Allow-Origin"] in ("*", "https://app.example")
 
 
-def test_preflight_narrowed(narrow_server):
+def test_preflight_from_an_origin_not_allowed_gets_no_allow_origin(narrow_server):
     path = ns_path(NS, "blob")
     ok = narrow_server.request("OPTIONS", path, headers={
         "Origin": ALLOWED, "Access-Control-Request-Method": "PUT"})
@@ -122,7 +121,7 @@ def sync_answers(open_server):
                                   "get-object-200", "get-metadata-304", "blob-404",
                                   "no-token-401", "read-only-403", "conflict-412",
                                   "bad-json-400", "method-405"])
-def test_etag_is_exposed(sync_answers, name):
+def test_etag_is_exposed_on_every_sync_answer(sync_answers, name):
     answer, status = sync_answers[name]
     assert answer.status == status, answer
     assert "etag" in tokens_of(answer.headers.get("Access-Control-Expose-Headers")), \
@@ -143,7 +142,7 @@ def test_etag_is_exposed_on_routing_errors(open_server, path):
 
 # -- SYNC_CORS_ALLOWED_ORIGINS -------------------------------------------------------------
 
-def test_allowed_origin_is_echoed(narrow_server):
+def test_an_allowed_origin_is_echoed_with_vary_origin(narrow_server):
     for origin in (ALLOWED, "https://b.example:8443"):
         answer = narrow_server.request("GET", ns_path(NS, "metadata"),
                                        headers={"Origin": origin}, token=narrow_server.token)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import time
 import uuid
 
 import pytest
-from conftest import OXSYNC, TEST_KEY, free_port, ns_path, object_path
+from conftest import TEST_KEY, ns_path, object_path, one_error_line
 
 OTHER_KEY = "22" * 32
 NS = "team/default"
@@ -57,29 +55,12 @@ def read_back(server, token, payloads: dict[str, bytes]) -> None:
         assert answer.body == data, what
 
 
-def run_serve(server, env_changes: dict, args=(), timeout: float = 15):
-    """`oxsync serve` on the server's database, expected to refuse to start."""
-    env = {k: v for k, v in server.env.items() if k != "ENCRYPTION_KEY"}
-    env.update({k: v for k, v in env_changes.items() if v is not None})
-    started = time.monotonic()
-    result = subprocess.run(OXSYNC + ["serve", "--listen", f"127.0.0.1:{free_port()}",
-                                      "--db-path", str(server.db_path), *args],
-                            capture_output=True, text=True, env=env, cwd=server.workdir,
-                            timeout=timeout)
-    return result, time.monotonic() - started
-
-
-def assert_one_line_refusal(result, seconds, *fragments, code=None):
-    assert result.returncode != 0, result
-    if code is not None:
-        assert result.returncode == code, result
-    assert seconds < 8  # refused at once, not after serving
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+def assert_refused_at_once(server, *fragments, env=None, args=(), code=None) -> str:
+    """`oxsync serve` on the server's database (without its ENCRYPTION_KEY unless `env`
+    gives one) exits at once with one line naming each fragment."""
+    result = server.serve_once(*args, env={"ENCRYPTION_KEY": None, **(env or {})})
+    assert result.seconds < 8, f"refused only after {result.seconds:.1f} s"
+    return one_error_line(result, *fragments, code=code)
 
 
 @pytest.fixture
@@ -90,6 +71,7 @@ def sealed(make_server):
 
 # -- tests ---------------------------------------------------------------------------------
 
+@pytest.mark.sqlite_only   # reads the database file and its payload rows
 def test_payloads_never_reach_the_disk_in_plaintext(sealed):
     server, token = sealed
     marker = "MARKER-" + uuid.uuid4().hex
@@ -121,7 +103,8 @@ def test_payloads_never_reach_the_disk_in_plaintext(sealed):
     assert server.request("GET", ns_path(NS, "metadata"), token=token).json["revision"] == "m1"
 
 
-def test_plaintext_mode_control(make_server):
+@pytest.mark.sqlite_only   # reads the database file
+def test_without_a_key_payloads_are_on_disk_in_plaintext_and_a_warning_says_so(make_server):
     """Without a key the marker IS on disk (so the check above can see it) and a warning says so."""
     server = make_server()
     token = server.create_token()
@@ -134,23 +117,21 @@ def test_plaintext_mode_control(make_server):
     assert warnings, server.log()
 
 
-def test_wrong_or_missing_key_refuses_to_start(sealed):
+def test_a_wrong_or_missing_key_refuses_to_start_and_changes_nothing(sealed):
     server, token = sealed
     payloads = upload(server, token, "x")
     server.stop()
 
-    result, seconds = run_serve(server, {"ENCRYPTION_KEY": OTHER_KEY})
-    assert_one_line_refusal(result, seconds, "key")
-    result, seconds = run_serve(server, {}, ["--encryption-key", OTHER_KEY])
-    assert_one_line_refusal(result, seconds, "key")
-    result, seconds = run_serve(server, {})
-    assert_one_line_refusal(result, seconds, "ENCRYPTION_KEY")
+    assert_refused_at_once(server, "key", env={"ENCRYPTION_KEY": OTHER_KEY})
+    assert_refused_at_once(server, "key", args=["--encryption-key", OTHER_KEY])
+    assert_refused_at_once(server, "ENCRYPTION_KEY")
 
     server.start()  # the refused starts changed nothing
     read_back(server, token, payloads)
 
 
-def test_a_moved_ciphertext_does_not_open(sealed):
+@pytest.mark.sqlite_only   # moves ciphertexts between rows of the file
+def test_a_ciphertext_moved_to_another_row_does_not_open(sealed):
     server, token = sealed
     first, second = "structured/connections/fnv1a-1.json", "structured/forwards/fnv1a-2.json"
     for namespace in (NS, OTHER_NS):
@@ -197,8 +178,7 @@ def test_a_moved_ciphertext_does_not_open(sealed):
 @pytest.mark.parametrize("how, key", [("env", "abc"), ("env", "1" * 63), ("env", "1" * 65),
                                       ("env", "g" * 64), ("env", "0x" + "11" * 31),
                                       ("flag", "abc"), ("flag", "1" * 63)])
-def test_invalid_keys_exit_2(make_server, how, key):
+def test_a_malformed_key_exits_2_with_one_line(make_server, how, key):
     server = make_server(start=False)
     env, args = ({"ENCRYPTION_KEY": key}, ()) if how == "env" else ({}, ("--encryption-key", key))
-    result, seconds = run_serve(server, env, args)
-    assert_one_line_refusal(result, seconds, "encryption", code=2)
+    assert_refused_at_once(server, "encryption", env=env, args=args, code=2)

@@ -18,14 +18,15 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 import uuid
-from urllib.parse import quote as percent
 
 import pytest
 
-from conftest import Answer, ns_path, object_path, running_server
+from conftest import (AdminClient, Answer, admin_ns, assert_json_error, db_change, ns_path,
+                      object_path, one_error_line, running_server)
+
+BOTH_STORES = True  # every test here runs on SQLite and on PostgreSQL (conftest)
 
 NS = "team/default"
 MANIFEST_TYPE = "application/vnd.oxideterm.cloud-sync.manifest+json"
@@ -35,10 +36,11 @@ SERVER_OWNED = {"etag", "exists", "contentLength", "contentHash"}
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, store_kind):
     """One server (admin on) for the tests that need no special settings; each test
     uses its own namespace."""
-    with running_server(tmp_path_factory.mktemp("history"), ADMIN_ENV) as server:
+    with running_server(tmp_path_factory.mktemp("history"), ADMIN_ENV,
+                        store_kind=store_kind) as server:
         yield server
 
 
@@ -167,39 +169,20 @@ def cli_rollback(server, namespace, *target, yes=True):
     return server.cli(*args, check=False)
 
 
-class Admin:
-    """A logged-in admin page session: cookies plus the CSRF header."""
+class Admin(AdminClient):
+    """A logged-in admin page session (conftest's), with this file's two calls."""
 
     def __init__(self, server):
-        self.server = server
-        answer = server.request("POST", "/admin/api/login",
-                                {"password": ADMIN_ENV["ADMIN_PASSWORD"]})
-        assert answer.status == 200, answer
-        cookies = [c.split(";", 1)[0] for c in answer.headers.get_all("Set-Cookie")]
-        assert any(c.startswith("oxsync_session=") for c in cookies), cookies
-        self.cookie = "; ".join(cookies)
-        self.csrf = answer.json["csrfToken"]
-
-    def get(self, path) -> Answer:
-        return self.server.request("GET", path, headers={"Cookie": self.cookie})
-
-    def post(self, path, body, csrf=True) -> Answer:
-        headers = {"Cookie": self.cookie}
-        if csrf:
-            headers["X-CSRF-Token"] = self.csrf
-        return self.server.request("POST", path, body, headers)
+        super().__init__(server)
+        self.login()
 
     def history(self, namespace) -> dict:
-        answer = self.get(f"/admin/api/namespaces/{quote(namespace)}/history")
+        answer = self.get(admin_ns(namespace, "/history"))
         assert answer.status == 200, answer
         return answer.json
 
     def rollback(self, namespace, body, csrf=True) -> Answer:
-        return self.post(f"/admin/api/namespaces/{quote(namespace)}/rollback", body, csrf)
-
-
-def quote(namespace: str) -> str:
-    return percent(namespace, safe="")
+        return self.post(admin_ns(namespace, "/rollback"), body, csrf=csrf)
 
 
 def seq_of(history: dict, revision: str) -> int:
@@ -211,10 +194,8 @@ def seq_of(history: dict, revision: str) -> int:
 
 def delete_object_row(server, namespace, path) -> None:
     """Lose an object behind the server's back (WAL mode lets us write the live file)."""
-    with sqlite3.connect(server.db_path, timeout=30) as db:
-        assert db.execute("DELETE FROM objects WHERE namespace = ? AND path = ?",
-                          (namespace, path)).rowcount == 1
-    db.close()
+    assert db_change(server, "DELETE FROM objects WHERE namespace = ? AND path = ?",
+                     (namespace, path)) == 1
 
 
 # -- the two-device scenario ---------------------------------------------------------------
@@ -343,7 +324,7 @@ def test_rollback_refused_when_an_object_is_gone(shared, ns):
     assert admin.history(ns) == before_history
 
 
-def test_dry_run_changes_nothing(shared, ns):
+def test_a_dry_run_rollback_says_what_would_change_and_changes_nothing(shared, ns):
     server, token = shared, shared.token
     _, _, _, _, sent_v2, answer_v2, _ = two_devices(server, ns)
     before_meta, before_history = metadata(server, token, ns), cli_history(server, ns)
@@ -432,7 +413,7 @@ def test_retention_keeps_every_object_a_kept_version_references(make_server):
 
 # -- the suspicious-drop flag -------------------------------------------------------------
 
-def test_suspicious_drop_flag(shared, ns):
+def test_a_section_losing_more_than_half_its_records_is_flagged_suspicious(shared, ns):
     server = shared
     device = Device(server, server.token, "laptop", ns)
     counts = [42, 0, 10, 4, 10, 6, 12, 6]
@@ -487,7 +468,7 @@ def upload_snapshots(server, token, ns, count: int) -> tuple[list[bytes], list[s
     return snapshots, etags
 
 
-def test_blob_history_and_rollback(shared, ns):
+def test_snapshot_history_keeps_three_and_rollback_restores_one(shared, ns):
     server, token = shared, shared.token
     snapshots, etags = upload_snapshots(server, token, ns, 5)
     kept = cli_history(server, ns)["blobVersions"]
@@ -524,7 +505,7 @@ def test_blob_history_and_rollback(shared, ns):
     assert stale.status == 412, stale
 
 
-def test_blob_history_zero_keeps_none(make_server):
+def test_blob_history_zero_keeps_no_snapshot_versions(make_server):
     server = make_server(env={"BLOB_HISTORY": "0"})
     token = server.create_token()
     snapshots, _ = upload_snapshots(server, token, NS, 5)
@@ -536,47 +517,37 @@ def test_blob_history_zero_keeps_none(make_server):
 
 # -- errors ------------------------------------------------------------------------------
 
-def test_cli_errors(shared, ns):
+def test_history_and_rollback_cli_errors_are_one_line_exit_1(shared, ns):
     server = shared
     Device(server, server.token, "a", ns).push(V1)
     for args in (("namespace", "history", "no/such", "--json"),
                  ("namespace", "rollback", "no/such", "--to", "1", "--yes"),
                  ("namespace", "rollback", ns, "--to", "99", "--yes"),
                  ("namespace", "rollback", ns, "--to-blob", "1", "--yes")):
-        result = server.cli(*args, check=False)
-        assert result.returncode == 1, (args, result)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("oxsync: "), (args, result.stderr)
-        assert "Traceback" not in result.stderr
+        line = one_error_line(server.cli(*args, check=False), code=1)
+        assert line.startswith("oxsync: "), (args, line)
     # A soft-deleted namespace: restore it first.
     server.cli("namespace", "delete", ns)
     result = cli_rollback(server, ns, "--to", "1")
     assert result.returncode == 1 and "restore it first" in result.stderr, result
 
 
-def test_admin_api_errors(shared, ns):
+def test_admin_history_and_rollback_errors_change_nothing(shared, ns):
     server, token = shared, shared.token
     Device(server, token, "a", ns).push(V1)
     Device(server, token, "a", ns).push(V2)
     before = metadata(server, token, ns).body
     admin = Admin(server)
-    path = f"/admin/api/namespaces/{quote(ns)}"
+    path = admin_ns(ns)
 
-    answer = admin.get("/admin/api/namespaces/no%2Fsuch/history")
-    assert answer.status == 404 and answer.json["error"]["code"] == "not_found", answer
-    assert admin.rollback("no/such", {"seq": 1}).status == 404
-    answer = admin.rollback(ns, {"seq": 99})
-    assert answer.status == 404 and answer.json["error"]["code"] == "not_found", answer
+    assert_json_error(admin.get("/admin/api/namespaces/no%2Fsuch/history"), 404)
+    assert_json_error(admin.rollback("no/such", {"seq": 1}), 404)
+    assert_json_error(admin.rollback(ns, {"seq": 99}), 404)
     for body in ({}, {"dryRun": True}, {"seq": "1"}, {"seq": 1, "blobSeq": 1}):
-        answer = admin.rollback(ns, body)
-        assert answer.status == 400 and answer.json["error"]["code"] == "bad_request", \
-            (body, answer)
-    answer = admin.rollback(ns, {"seq": 1}, csrf=False)
-    assert answer.status == 403 and answer.json["error"]["code"] == "forbidden", answer
-    answer = server.request("POST", f"{path}/rollback", {"seq": 1},
-                            {"Cookie": admin.cookie, "X-CSRF-Token": "wrong"})
-    assert answer.status == 403, answer
-    assert server.request("GET", f"{path}/history").status == 401       # no session
-    assert server.request("POST", f"{path}/rollback", {"seq": 1}).status == 401
+        assert_json_error(admin.rollback(ns, body), 400)
+    assert_json_error(admin.rollback(ns, {"seq": 1}, csrf=False), 403)
+    assert_json_error(admin.rollback(ns, {"seq": 1}, csrf="wrong"), 403)
+    assert_json_error(server.request("GET", f"{path}/history"), 401)       # no session
+    assert_json_error(server.request("POST", f"{path}/rollback", {"seq": 1}), 401)
     assert metadata(server, token, ns).body == before                    # nothing changed
     assert len(admin.history(ns)["versions"]) == 2

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 import time
 from datetime import datetime
 
 import pytest
-from conftest import ns_path, object_path, running_server
+from conftest import SNAPSHOT_TYPE, db_rows, ns_path, object_path, quoted, run_workers
+
+BOTH_STORES = True  # every test here runs on SQLite and on PostgreSQL (conftest)
 
 NS = "team/default"
-SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
 CONFLICT_MESSAGE = "Remote snapshot changed before upload completed"
 
 
-# -- fixtures and helpers ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("locking")) as server:
-        yield server
-
-
-def quoted(etag: str) -> str:
-    return f'"{etag}"'
-
+# -- helpers (the module's server: conftest's `shared`) ---------------------------
 
 def put_blob(server, token, namespace, data: bytes, revision: str, headers=None,
              connection=None):
@@ -67,11 +56,8 @@ def state(server, token, namespace, paths=()) -> tuple:
     return meta.body, blob.status, blob.body, blob.headers.get("ETag"), tuple(objects)
 
 
-def conflict_rows(server, where: str = "1", params=()) -> list[dict]:
-    with sqlite3.connect(server.db_path, timeout=10) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(f"SELECT * FROM conflicts WHERE {where} ORDER BY id", params).fetchall()
-        return [dict(row) for row in rows]
+def conflict_rows(server, where: str = "TRUE", params=()) -> list[dict]:
+    return db_rows(server, f"SELECT * FROM conflicts WHERE {where} ORDER BY id", params)
 
 
 DEVICE = "Jöhn's MacBook ☕"
@@ -89,22 +75,16 @@ def assert_exact_conflict(answer, remote_etag: str, remote_revision: str):
         "remoteRevision": remote_revision, "remoteEtag": remote_etag}}
 
 
-def race(count: int, attempt) -> list:
-    """Run attempt(index) in `count` threads released at once -> their answers, in order."""
-    barrier = threading.Barrier(count)
-    answers: list = [None] * count
-
+def race(server, count: int, attempt) -> list:
+    """attempt(index, connection) in `count` threads released at once, each on a
+    connection of its own -> their answers, in order (a thread's exception fails the test)."""
     def run(index):
-        barrier.wait()
-        answers[index] = attempt(index)
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert all(answer is not None for answer in answers)
-    return answers
+        connection = server.connect()
+        try:
+            return attempt(index, connection)
+        finally:
+            connection.close()
+    return run_workers(*[lambda i=i: run(i) for i in range(count)], timeout=60, barrier=True)
 
 
 def only_winner(answers) -> int:
@@ -116,7 +96,7 @@ def only_winner(answers) -> int:
 
 # -- the legacy blob flow ---------------------------------------------------------
 
-def test_legacy_blob_flow(shared, ns):
+def test_blob_create_then_if_match_update_and_a_stale_etag_gets_412(shared, ns):
     server, token = shared, shared.token
     first = put_blob(server, token, ns, b"snapshot one", "rev-1",
                      {"If-None-Match": "*", "X-OxideTerm-Device-Id": "laptop"})
@@ -143,7 +123,7 @@ def test_legacy_blob_flow(shared, ns):
     assert metadata["revision"] == "rev-2" and metadata["etag"] == etag2
 
 
-def test_metadata_if_none_match_conflict_body(shared, ns):
+def test_metadata_if_none_match_on_existing_gets_the_exact_conflict_body(shared, ns):
     server, token = shared, shared.token
     first = put_manifest(server, token, ns, {"format": "structured-v2", "revision": "m1"},
                          {"If-None-Match": "*"})
@@ -162,7 +142,7 @@ def test_metadata_if_none_match_conflict_body(shared, ns):
     lambda e: f' W/"x" ,  W/"{e}" ',
     lambda e: "*",
 ], ids=["quoted", "bare", "weak", "list", "bare-list", "weak-list", "star"])
-def test_if_match_forms(shared, ns, form):
+def test_if_match_accepts_every_form_naming_the_current_etag(shared, ns, form):
     server, token = shared, shared.token
     etag = put_blob(server, token, ns, b"v1", "r1").json["etag"]
     answer = put_blob(server, token, ns, b"v2", "r2", {"If-Match": form(etag)})
@@ -171,7 +151,7 @@ def test_if_match_forms(shared, ns, form):
 
 
 @pytest.mark.parametrize("value", ['"a", "b"', "W/\"nope\"", "nope"])
-def test_if_match_without_the_current_etag(shared, ns, value):
+def test_if_match_without_the_current_etag_gets_412_and_changes_nothing(shared, ns, value):
     server, token = shared, shared.token
     etag = put_blob(server, token, ns, b"v1", "r1").json["etag"]
     answer = put_blob(server, token, ns, b"v2", "r2", {"If-Match": value})
@@ -180,7 +160,7 @@ def test_if_match_without_the_current_etag(shared, ns, value):
 
 
 @pytest.mark.parametrize("value", ["*", '"some-etag"'])
-def test_if_match_on_an_empty_namespace(shared, ns, value):
+def test_if_match_on_an_empty_namespace_gets_412(shared, ns, value):
     server, token = shared, shared.token
     answer = put_blob(server, token, ns, b"v1", "r1", {"If-Match": value})
     assert answer.status == 412, answer
@@ -230,8 +210,8 @@ def test_blob_put_updates_metadata_and_keeps_the_manifest(shared, ns):
 def test_blob_put_ignores_invalid_section_revisions(shared, ns, header):
     server, token = shared, shared.token
     previous = {"connections": "fnv1a-1"}
-    put_blob(server, token, ns, b"v1", "r1",
-             {"X-OxideTerm-Section-Revisions": json.dumps(previous)})
+    assert put_blob(server, token, ns, b"v1", "r1",
+                    {"X-OxideTerm-Section-Revisions": json.dumps(previous)}).status == 200
     answer = put_blob(server, token, ns, b"v2", "r2", {"X-OxideTerm-Section-Revisions": header})
     assert answer.status == 200, answer
     metadata = get_metadata(server, token, ns)
@@ -278,7 +258,7 @@ def test_blob_put_survives_hostile_section_revisions(shared, ns, header):
 
 # -- conditional metadata and object writes ---------------------------------------------
 
-def test_conditional_metadata_put(shared, ns):
+def test_stale_if_match_or_if_none_match_on_metadata_gets_412_and_changes_nothing(shared, ns):
     server, token = shared, shared.token
     first = put_manifest(server, token, ns, {"format": "structured-v2", "revision": "m1"})
     etag1 = first.json["etag"]
@@ -298,7 +278,7 @@ def test_conditional_metadata_put(shared, ns):
     assert put_manifest(server, token, ns, {"revision": "m5"}).status == 200
 
 
-def test_conditional_object_put(shared, ns):
+def test_object_etags_guard_each_object_and_stale_ones_get_412(shared, ns):
     server, token = shared, shared.token
     path = "structured/connections/fnv1a-9f86d0a1.json"
     created = put_object(server, token, ns, path, b"one", {"If-None-Match": "*"})
@@ -333,20 +313,16 @@ def test_conditional_object_put(shared, ns):
 WRITERS = 32
 
 
-def test_blob_race(shared, ns):
+def test_racing_blob_writers_one_wins_and_each_loser_is_logged(shared, ns):
     server, token = shared, shared.token
     base = put_blob(server, token, ns, b"base", "base").json["etag"]
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            return put_blob(server, token, ns, b"payload-%02d-MARKER" % index, f"rev-{index}",
-                            {"If-Match": quoted(base), "X-OxideTerm-Device-Id": f"dev-{index}"},
-                            connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        return put_blob(server, token, ns, b"payload-%02d-MARKER" % index, f"rev-{index}",
+                        {"If-Match": quoted(base), "X-OxideTerm-Device-Id": f"dev-{index}"},
+                        connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     winner = only_winner(answers)
     winner_etag = answers[winner].json["etag"]
     blob = server.request("GET", ns_path(ns, "blob"), token=token)
@@ -376,22 +352,18 @@ def test_blob_race(shared, ns):
             assert not isinstance(value, bytes), row
 
 
-def test_metadata_race(shared, ns):
+def test_racing_metadata_writers_one_wins_and_each_loser_is_logged(shared, ns):
     server, token = shared, shared.token
     base = put_manifest(server, token, ns, {"format": "structured-v2", "revision": "base"})
     base_etag = base.json["etag"]
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            return put_manifest(server, token, ns, {
-                "format": "structured-v2", "revision": f"m-{index}", "deviceId": f"dev-{index}",
-                "sections": {"secretish": "PAYLOADMARKER-%d" % index}},
-                {"If-Match": quoted(base_etag)}, connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        return put_manifest(server, token, ns, {
+            "format": "structured-v2", "revision": f"m-{index}", "deviceId": f"dev-{index}",
+            "sections": {"secretish": "PAYLOADMARKER-%d" % index}},
+            {"If-Match": quoted(base_etag)}, connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     winner = only_winner(answers)
     metadata = get_metadata(server, token, ns)
     assert metadata["revision"] == f"m-{winner}"
@@ -404,20 +376,16 @@ def test_metadata_race(shared, ns):
         assert not any("PAYLOADMARKER" in str(value) for value in row.values()), row
 
 
-def test_object_race(shared, ns):
+def test_racing_object_writers_one_wins_and_each_loser_is_logged(shared, ns):
     server, token = shared, shared.token
     path = "structured/settings/app/general/" + "ab" * 32 + ".oxide"
     base = put_object(server, token, ns, path, b"base").json["etag"]
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            return put_object(server, token, ns, path, b"object-%02d-OBJMARKER" % index,
-                              {"If-Match": quoted(base)}, connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        return put_object(server, token, ns, path, b"object-%02d-OBJMARKER" % index,
+                          {"If-Match": quoted(base)}, connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     winner = only_winner(answers)
     got = server.request("GET", object_path(ns, path), token=token)
     assert got.body == b"object-%02d-OBJMARKER" % winner
@@ -429,38 +397,30 @@ def test_object_race(shared, ns):
         assert not any("OBJMARKER" in str(value) for value in row.values()), row
 
 
-def test_first_upload_race(shared, ns):
+def test_racing_first_uploads_with_if_none_match_one_wins(shared, ns):
     """Two devices syncing for the first time: one If-None-Match: * upload wins."""
     server, token = shared, shared.token
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            return put_blob(server, token, ns, b"first-%02d" % index, f"first-{index}",
-                            {"If-None-Match": "*"}, connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        return put_blob(server, token, ns, b"first-%02d" % index, f"first-{index}",
+                        {"If-None-Match": "*"}, connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     assert sorted(a.status for a in answers) == [200] + [412] * (WRITERS - 1)
     winner = next(i for i, answer in enumerate(answers) if answer.status == 200)
     assert server.request("GET", ns_path(ns, "blob"), token=token).body == b"first-%02d" % winner
     assert get_metadata(server, token, ns)["revision"] == f"first-{winner}"
 
 
-def test_object_creation_race(shared, ns):
+def test_racing_object_creations_with_if_none_match_one_wins(shared, ns):
     server, token = shared, shared.token
     path = "structured/connections/fnv1a-0000.json"
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            return put_object(server, token, ns, path, b"new-%02d" % index,
-                              {"If-None-Match": "*"}, connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        return put_object(server, token, ns, path, b"new-%02d" % index,
+                          {"If-None-Match": "*"}, connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     assert sorted(a.status for a in answers) == [201] + [412] * (WRITERS - 1)
     winner = next(i for i, answer in enumerate(answers) if answer.status == 201)
     assert server.request("GET", object_path(ns, path), token=token).body == b"new-%02d" % winner
@@ -472,19 +432,15 @@ def test_blob_and_metadata_race_on_one_etag(shared, ns):
     base = put_manifest(server, token, ns, {"format": "structured-v2", "revision": "base"})
     condition = {"If-Match": quoted(base.json["etag"])}
 
-    def attempt(index):
-        connection = server.connect()
-        try:
-            if index % 2:
-                return put_blob(server, token, ns, b"blob-%02d" % index, f"mixed-{index}",
-                                condition, connection=connection)
-            return put_manifest(server, token, ns, {"format": "structured-v2",
-                                                    "revision": f"mixed-{index}"},
-                                condition, connection=connection)
-        finally:
-            connection.close()
+    def attempt(index, connection):
+        if index % 2:
+            return put_blob(server, token, ns, b"blob-%02d" % index, f"mixed-{index}",
+                            condition, connection=connection)
+        return put_manifest(server, token, ns, {"format": "structured-v2",
+                                                "revision": f"mixed-{index}"},
+                            condition, connection=connection)
 
-    answers = race(WRITERS, attempt)
+    answers = race(server, WRITERS, attempt)
     assert sorted(a.status for a in answers) == [200] + [412] * (WRITERS - 1)
     winner = next(i for i, answer in enumerate(answers) if answer.status == 200)
     metadata = get_metadata(server, token, ns)
@@ -498,9 +454,13 @@ def test_blob_and_metadata_race_on_one_etag(shared, ns):
 def test_every_412_writes_one_conflict_row(shared, ns):
     server, token = shared, shared.token
     etag = put_blob(server, token, ns, b"v1", "r1").json["etag"]
-    put_blob(server, token, ns, b"v2", "r2", {"If-Match": '"stale"', "X-OxideTerm-Device-Id": "d1"})
-    put_manifest(server, token, ns, {"revision": "m", "deviceId": "d2"}, {"If-None-Match": "*"})
-    put_object(server, token, ns, "a/b.json", b"x", {"If-Match": '"stale-object"'})
+    for answer in (
+            put_blob(server, token, ns, b"v2", "r2",
+                     {"If-Match": '"stale"', "X-OxideTerm-Device-Id": "d1"}),
+            put_manifest(server, token, ns, {"revision": "m", "deviceId": "d2"},
+                         {"If-None-Match": "*"}),
+            put_object(server, token, ns, "a/b.json", b"x", {"If-Match": '"stale-object"'})):
+        assert answer.status == 412, answer
     rows = conflict_rows(server, "namespace = ?", (ns,))
     assert [row["operation"] for row in rows] == ["blob", "metadata", "object"]
     assert rows[0]["device_id"] == "d1" and rows[0]["remote_etag"] == etag

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ns_path
+from conftest import AdminClient, ns_path
 
 ADMIN_PASSWORD = "openapi-admin-password"
 
@@ -42,14 +42,6 @@ EXPECTED = {
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,response_headers_conformance")
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}
-
-
-def admin_session(server) -> tuple[str, str, str]:
-    answer = server.request("POST", "/admin/api/login", {"password": ADMIN_PASSWORD})
-    assert answer.status == 200, answer
-    cookies = dict(header.split(";", 1)[0].split("=", 1)
-                   for header in answer.headers.get_all("Set-Cookie"))
-    return cookies["oxsync_session"], cookies.get("oxsync_csrf", ""), answer.json["csrfToken"]
 
 
 def test_openapi_document_lists_every_path(make_server):
@@ -110,7 +102,8 @@ def schemathesis_command() -> list[str]:
 def test_schemathesis_finds_no_failures(make_server, tmp_path):
     server = make_server(env={"ADMIN_PASSWORD": ADMIN_PASSWORD})
     token = server.create_token(name="schemathesis")
-    session, csrf_cookie, csrf = admin_session(server)
+    admin = AdminClient(server)
+    admin.login()
     # Data for the operations to find: a namespace with a blob, objects and a manifest.
     assert server.request("PUT", ns_path("st", "blob"), b"snapshot",
                           {"X-OxideTerm-Revision": "r1"}, token=token).status == 200
@@ -122,8 +115,8 @@ def test_schemathesis_finds_no_failures(make_server, tmp_path):
         "--checks", CHECKS, "--max-examples", "10", "--workers", "1", "--seed", "1",
         "--generation-database", "none", "--no-color", "--request-timeout", "10",
         "--header", f"Authorization: Bearer {token}",
-        "--header", f"Cookie: oxsync_session={session}; oxsync_csrf={csrf_cookie}",
-        "--header", f"X-CSRF-Token: {csrf}",
+        "--header", f"Cookie: oxsync_session={admin.session}; oxsync_csrf={admin.csrf}",
+        "--header", f"X-CSRF-Token: {admin.csrf}",
         "--report", "json", "--report-dir", str(report_dir),
         # Logging out ends the session on the server: the operations after it would only
         # see 401s. The logout itself is covered by tests/test_admin_api.py.

@@ -19,7 +19,8 @@ import subprocess
 import threading
 import time
 
-from conftest import OXSYNC, ns_path, object_path
+import pytest
+from conftest import ns_path, object_path, one_error_line
 
 NS = "backup/live"
 KiB = 1024
@@ -27,22 +28,9 @@ KiB = 1024
 
 # -- helpers ---------------------------------------------------------------------------
 
-def oxsync(server, *args, env=None) -> subprocess.CompletedProcess:
-    """An oxsync command WITHOUT the --db-path that server.cli appends (verify-backup)."""
-    return subprocess.run(OXSYNC + list(args), check=False, capture_output=True, text=True,
-                          cwd=server.workdir, env={**server.env, **(env or {})}, timeout=60)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Non-zero exit, exactly one non-empty line on stderr, no traceback anywhere."""
-    assert result.returncode != 0, result
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+def oxsync(server, *args) -> subprocess.CompletedProcess:
+    """An oxsync command WITHOUT the store that server.cli appends (verify-backup)."""
+    return server.cli(*args, store=False, check=False)
 
 
 def put_object(server, token, path: str, data: bytes, connection=None) -> int:
@@ -238,7 +226,7 @@ def test_verify_backup_rejects_a_damaged_file_or_a_missing_sidecar(server, token
     # One byte changed: the sidecar no longer matches.
     damaged = server.workdir / "damaged.db"
     corrupt_copy(backup, damaged)
-    assert_one_line_error(oxsync(server, "verify-backup", str(damaged)), "damaged.db")
+    one_error_line(oxsync(server, "verify-backup", str(damaged)), "damaged.db")
 
     # One byte changed AND a matching sidecar: SQLite's own check must catch it.
     # (Byte 100 is the first b-tree page header, right after the file header.)
@@ -246,17 +234,18 @@ def test_verify_backup_rejects_a_damaged_file_or_a_missing_sidecar(server, token
     corrupt_copy(backup, rehashed, offset=100, keep_sidecar=False)
     rehashed.with_name("rehashed.db.sha256").write_text(
         f"{file_digest(rehashed)}  rehashed.db\n")
-    assert_one_line_error(oxsync(server, "verify-backup", str(rehashed)), "rehashed.db")
+    one_error_line(oxsync(server, "verify-backup", str(rehashed)), "rehashed.db")
 
     # No sidecar at all.
     lonely = server.workdir / "lonely.db"
     shutil.copyfile(backup, lonely)
-    assert_one_line_error(oxsync(server, "verify-backup", str(lonely)), "sha256")
+    one_error_line(oxsync(server, "verify-backup", str(lonely)), "sha256")
 
     # The good backup is still good (the checks above changed nothing).
     assert oxsync(server, "verify-backup", str(backup)).returncode == 0
 
 
+@pytest.mark.sqlite_only   # compares or damages the database file itself
 def test_restore_brings_back_exactly_the_backed_up_data(make_server):
     server = make_server()
     token = server.create_token()
@@ -269,12 +258,12 @@ def test_restore_brings_back_exactly_the_backed_up_data(make_server):
 
     # Refused while the database exists (here: a server is using it), one line, no change.
     refused = server.cli("restore", "--from", str(backup), check=False)
-    assert_one_line_error(refused, "force")
+    one_error_line(refused, "force")
     assert_serves(server, token, after)
 
     assert server.stop() == 0
     refused = server.cli("restore", "--from", str(backup), check=False)
-    assert_one_line_error(refused, "force")
+    one_error_line(refused, "force")
 
     restored = server.cli("restore", "--from", str(backup), "--force")
     assert "Traceback" not in restored.stderr
@@ -286,6 +275,7 @@ def test_restore_brings_back_exactly_the_backed_up_data(make_server):
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.sqlite_only   # compares or damages the database file itself
 def test_restore_verifies_first_and_leaves_the_database_alone(make_server):
     server = make_server()
     token = server.create_token()
@@ -298,13 +288,13 @@ def test_restore_verifies_first_and_leaves_the_database_alone(make_server):
 
     damaged = server.workdir / "damaged.db"
     corrupt_copy(backup, damaged)
-    assert_one_line_error(server.cli("restore", "--from", str(damaged), "--force",
+    one_error_line(server.cli("restore", "--from", str(damaged), "--force",
                                      check=False))
     assert db_files(server) == untouched
 
     no_sidecar = server.workdir / "no-sidecar.db"
     shutil.copyfile(backup, no_sidecar)
-    assert_one_line_error(server.cli("restore", "--from", str(no_sidecar), "--force",
+    one_error_line(server.cli("restore", "--from", str(no_sidecar), "--force",
                                      check=False), "sha256")
     assert db_files(server) == untouched
 
@@ -322,7 +312,8 @@ def test_restore_verifies_first_and_leaves_the_database_alone(make_server):
     assert paths == {"structured/connections/shared.json", "structured/forwards/old.json"}
 
 
-def test_legacy_flags_are_aliases(make_server):
+@pytest.mark.sqlite_only   # compares or damages the database file itself
+def test_legacy_backup_verify_and_restore_flags_do_what_the_commands_do(make_server):
     server = make_server()
     token = server.create_token()
     before = write_state(server, token, "legacy")
@@ -340,14 +331,14 @@ def test_legacy_flags_are_aliases(make_server):
     assert verified.returncode == 0 and "ok" in verified.stdout.lower(), verified
     damaged = server.workdir / "legacy-damaged.db"
     corrupt_copy(backup, damaged)
-    assert_one_line_error(oxsync(server, "--verify-backup", str(damaged)))
+    one_error_line(oxsync(server, "--verify-backup", str(damaged)))
 
     write_state(server, token, "later")
     server.kill()         # a crashed server: its WAL was never checkpointed
     assert (server.workdir / "sync.db-wal").stat().st_size > 0
     untouched = db_files(server)
-    assert_one_line_error(server.cli("--restore-from", str(backup), check=False), "force")
-    assert_one_line_error(server.cli("--restore-from", str(damaged), "--force", check=False))
+    one_error_line(server.cli("--restore-from", str(backup), check=False), "force")
+    one_error_line(server.cli("--restore-from", str(damaged), "--force", check=False))
     assert db_files(server) == untouched
     server.cli("--restore-from", str(backup), "--force")
     server.start()
@@ -371,7 +362,7 @@ def test_backup_to_an_unwritable_place_fails_with_one_line(server, token):
     blocker.write_text("not a folder")
     target = blocker / "b.db"
     result = server.cli("backup", "--to", str(target), check=False)
-    assert_one_line_error(result, "a-file")
+    one_error_line(result, "a-file")
     assert blocker.read_text() == "not a folder"
     assert_serves(server, token, write_state(server, token, "still-fine"))
 
@@ -393,4 +384,4 @@ def test_backup_onto_the_live_database_is_refused(server, token):
     assert not missing, f"{len(missing)} acknowledged writes lost after `backup --to " \
                         f"<live db>` (exit {result.returncode})"
     assert_serves(server, token, state)
-    assert_one_line_error(result)   # refused, in one line
+    one_error_line(result)   # refused, in one line

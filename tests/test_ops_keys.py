@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import sqlite3
-import subprocess
-import time
 
 import pytest
 
-from _reliability import key_id
-from conftest import OXSYNC, TEST_KEY, free_port, ns_path, object_path
+from _reliability import assert_payload_rows_whole, integrity_check, key_id, kill_partway
+from conftest import TEST_KEY, ns_path, object_path, one_error_line
+
+pytestmark = pytest.mark.sqlite_only   # every test reads the payload rows of the file
 
 KEY_1, KEY_2, KEY_3 = TEST_KEY, "22" * 32, "33" * 32
 NS = "keys/team"
@@ -49,32 +47,21 @@ def key_ids(path) -> dict[str, set]:
             f"SELECT DISTINCT p.key_id FROM {table} o JOIN payloads p ON p.id = o.payload_id")} for table in PAYLOAD_TABLES}
 
 
+def payloads_with_key(db, kid: str | None, tables=("objects",)) -> int:
+    """Payload rows sealed with key `kid` (None: plaintext), on an open connection."""
+    return sum(db.execute(f"SELECT count(*) FROM {table} o JOIN payloads p "
+                          "ON p.id = o.payload_id WHERE p.key_id IS ?", (kid,)).fetchone()[0]
+               for table in tables)
+
+
 def count_with_key(path, kid: str | None, table: str = "objects") -> int:
     with contextlib.closing(db_connect(path)) as db:
-        return db.execute(f"SELECT count(*) FROM {table} o JOIN payloads p ON p.id = o.payload_id WHERE p.key_id IS ?",
-                          (kid,)).fetchone()[0]
+        return payloads_with_key(db, kid, (table,))
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
-
-
-def refused_start(server, key: str | None) -> subprocess.CompletedProcess:
+def refused_start(server, key: str | None):
     """`oxsync serve` on the server's database, expected to exit at once."""
-    env = {k: v for k, v in server.env.items() if k not in ("ENCRYPTION_KEY",
-                                                             "NEW_ENCRYPTION_KEY")}
-    if key:
-        env["ENCRYPTION_KEY"] = key
-    return subprocess.run(OXSYNC + ["serve", "--listen", f"127.0.0.1:{free_port()}",
-                                    "--db-path", str(server.db_path)],
-                          capture_output=True, text=True, env=env, cwd=server.workdir,
-                          timeout=15, check=False)
+    return server.serve_once(env={"ENCRYPTION_KEY": key, "NEW_ENCRYPTION_KEY": None})
 
 
 def keys_env(old: str | None, new: str | None = None) -> dict:
@@ -127,71 +114,58 @@ def assert_reads_back(server, token, written: dict, blob_versions: bool = True) 
         assert answer.status == 200 and answer.body == written["blobs"][0], answer
 
 
-def kill_partway(server, args: list[str], env: dict, progress, total: int,
-                 tries: int = 5) -> int:
-    """Run an oxsync command and SIGKILL it once progress() is strictly between 0 and total.
-
-    If the command finished before it could be caught, the database is put back from a
-    copy and it is tried again. -> progress() after the kill.
-    """
-    copy = server.workdir / "before-kill.db"
-    shutil.copyfile(server.db_path, copy)
-    for _ in range(tries):
-        process = subprocess.Popen(OXSYNC + args + ["--db-path", str(server.db_path)],
-                                   cwd=server.workdir, env={**server.env, **env},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                done = progress()
-            except sqlite3.OperationalError:   # busy for a moment: look again
-                continue
-            if 0 < done < total:
-                break
-            time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-        _, stderr = process.communicate()
-        assert b"Traceback" not in stderr, stderr.decode()
-        done = progress()
-        if 0 < done < total:
-            return done
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{server.db_path}{suffix}")
-        shutil.copyfile(copy, server.db_path)
-    pytest.fail(f"could not kill {args[0]} part-way through in {tries} tries")
+MANY_NAMESPACES = 5
 
 
 def upload_many(server, token, count: int = 300, size: int = 64 * KiB) -> dict:
-    written = {"blobs": [], "objects": {}}
+    """`count` objects over 5 namespaces, and a snapshot in each -> what was written."""
+    written = {"blobs": {}, "objects": {}}
     connection = server.connect()
     for number in range(count):
-        key = (f"keys/n{number % 5}", f"structured/many/o{number:03d}.oxide")
+        key = (f"keys/n{number % MANY_NAMESPACES}", f"structured/many/o{number:03d}.oxide")
         written["objects"][key] = os.urandom(size)
         answer = server.request("PUT", object_path(*key), written["objects"][key],
                                 token=token, connection=connection)
         assert answer.status == 201, answer
+    for number in range(MANY_NAMESPACES):
+        namespace = f"keys/n{number}"
+        written["blobs"][namespace] = os.urandom(4 * size)
+        answer = server.request("PUT", ns_path(namespace, "blob"), written["blobs"][namespace],
+                                {"X-OxideTerm-Revision": "r"}, token=token,
+                                connection=connection)
+        assert answer.status == 200, answer
     connection.close()
     return written
 
 
 def assert_objects_read_back(server, token, written: dict) -> None:
+    """Every object (and the snapshot of each namespace) of upload_many reads back."""
     connection = server.connect()
     for (namespace, path), data in written["objects"].items():
         answer = server.request("GET", object_path(namespace, path), token=token,
                                 connection=connection)
         assert answer.status == 200 and answer.body == data, (namespace, path, answer.status)
+    for namespace, data in written["blobs"].items():
+        answer = server.request("GET", ns_path(namespace, "blob"), token=token,
+                                connection=connection)
+        assert answer.status == 200 and answer.body == data, (namespace, answer.status)
     connection.close()
 
 
 # -- rotate-key -------------------------------------------------------------------------
 
-def test_rotate_key_reseals_every_payload(make_server):
+def sealed_and_stopped(make_server, marker: str):
+    """A server sealing with KEY_1 that stored upload_everything(marker), then stopped.
+    -> (server, token, what was written, payload_snapshot of the file)."""
     server = make_server(env={"ENCRYPTION_KEY": KEY_1})
     token = server.create_token()
-    written = upload_everything(server, token, "ROTATE-MARKER")
+    written = upload_everything(server, token, marker)
     assert server.stop() == 0
-    before = payload_snapshot(server.db_path)
+    return server, token, written, payload_snapshot(server.db_path)
+
+
+def test_rotate_key_reseals_every_payload(make_server):
+    server, token, written, before = sealed_and_stopped(make_server, "ROTATE-MARKER")
     assert {table: ids for table, ids in key_ids(server.db_path).items()} == \
         {table: {key_id(KEY_1)} for table in PAYLOAD_TABLES}
     assert len([r for r in before["rows"] if r[0] == "blob_versions"]) == 2
@@ -210,7 +184,7 @@ def test_rotate_key_reseals_every_payload(make_server):
 
     # The old key is refused with one line; the new one serves every payload.
     refused = refused_start(server, KEY_1)
-    assert_one_line_error(refused, "key")
+    one_error_line(refused, "key")
     server.env["ENCRYPTION_KEY"] = KEY_2
     server.start()
     assert_reads_back(server, token, written)
@@ -222,51 +196,54 @@ def test_rotate_key_reseals_every_payload(make_server):
     assert payload_snapshot(server.db_path) == settled
 
 
-def test_rotate_key_resumes_after_kill_9(make_server):
+def test_rotate_key_killed_part_way_is_refused_until_rerun_then_serves_everything(
+        make_server):
     server = make_server(env={"ENCRYPTION_KEY": KEY_1})
     token = server.create_token()
     written = upload_many(server, token)
-    total = len(written["objects"])
+    total = len(written["objects"]) + len(written["blobs"])
     assert server.stop() == 0
     new_id = key_id(KEY_2)
 
-    done = kill_partway(server, ["rotate-key"], keys_env(KEY_1, KEY_2),
-                        lambda: count_with_key(server.db_path, new_id), total)
-    assert 0 < done < total
-    with contextlib.closing(db_connect(server.db_path)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    done = kill_partway(server, ["rotate-key"], lambda db: payloads_with_key(
+        db, new_id, ("objects", "blobs")) / total, env=keys_env(KEY_1, KEY_2))
+    assert integrity_check(server.db_path) == "ok"
 
-    # Half-rotated: the server refuses to start with either key, saying why, in one line.
+    # Half-rotated: the server refuses to start with either key, saying why, in one line
+    # (rotate-key again), instead of serving 500s.
     for key in (KEY_1, KEY_2):
-        assert_one_line_error(refused_start(server, key), "rotat")
+        one_error_line(refused_start(server, key), "rotate-key again")
     # A rotation to yet another key is refused and changes nothing.
     before = payload_snapshot(server.db_path)
-    assert_one_line_error(server.cli("rotate-key", env=keys_env(KEY_1, KEY_3), check=False),
-                          "interrupted")
+    one_error_line(server.cli("rotate-key", env=keys_env(KEY_1, KEY_3), check=False),
+                   "interrupted")
     assert payload_snapshot(server.db_path) == before
 
-    result = server.cli("rotate-key", env=keys_env(KEY_1, KEY_2))
+    # The rerun (keys given as flags this time) finishes the job.
+    result = server.cli("rotate-key", "--encryption-key", KEY_1, "--new-key", KEY_2,
+                        env=keys_env(None))
     assert "Traceback" not in result.stderr
-    assert count_with_key(server.db_path, new_id) == total
+    assert integrity_check(server.db_path) == "ok"
+    assert count_with_key(server.db_path, new_id) == len(written["objects"])
+    assert count_with_key(server.db_path, new_id, "blobs") == len(written["blobs"])
     assert key_ids(server.db_path)["objects"] == {new_id}
+    assert "rotation_target" not in payload_snapshot(server.db_path)["settings"]
+    assert_payload_rows_whole(server.db_path, sealed=True)
     server.env["ENCRYPTION_KEY"] = KEY_2
     server.start()
     assert_objects_read_back(server, token, written)
-    print(f"\n[rotate-key] killed after {done} of {total} payloads; rerun finished")
+    print(f"\n[rotate-key] killed at {done:.0%} of {total} payloads; rerun said: "
+          f"{result.stderr.strip()}")
 
 
 def test_wrong_keys_are_refused_and_change_nothing(make_server):
-    server = make_server(env={"ENCRYPTION_KEY": KEY_1})
-    token = server.create_token()
-    written = upload_everything(server, token, "WRONG-KEY")
-    assert server.stop() == 0
-    before = payload_snapshot(server.db_path)
+    server, token, written, before = sealed_and_stopped(make_server, "WRONG-KEY")
     for command, env, fragment in [
             ("rotate-key", keys_env(KEY_3, KEY_2), "key"),          # wrong old key
             ("rotate-key", keys_env(KEY_1, None), "NEW_ENCRYPTION_KEY"),
             ("rotate-key", keys_env(None, KEY_2), "ENCRYPTION_KEY"),
             ("encrypt-existing", keys_env(KEY_3), "key")]:         # not the key in use
-        assert_one_line_error(server.cli(command, env=env, check=False), fragment)
+        one_error_line(server.cli(command, env=env, check=False), fragment)
         assert payload_snapshot(server.db_path) == before, (command, env)
     server.start()
     assert_reads_back(server, token, written, blob_versions=False)
@@ -308,7 +285,7 @@ def test_encrypt_existing_while_the_server_runs(make_server):
     assert marker.encode() not in server.db_path.read_bytes()
 
 
-def test_encrypt_existing_resumes_after_kill_9(make_server):
+def test_encrypt_existing_killed_part_way_still_serves_and_a_rerun_finishes(make_server):
     server = make_server()
     token = server.create_token()
     written = upload_many(server, token)
@@ -316,11 +293,9 @@ def test_encrypt_existing_resumes_after_kill_9(make_server):
     assert server.stop() == 0
     kid = key_id(KEY_1)
 
-    done = kill_partway(server, ["encrypt-existing"], keys_env(KEY_1),
-                        lambda: count_with_key(server.db_path, kid), total)
-    assert 0 < done < total
-    with contextlib.closing(db_connect(server.db_path)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    done = kill_partway(server, ["encrypt-existing"],
+                        lambda db: payloads_with_key(db, kid) / total, env=keys_env(KEY_1))
+    assert integrity_check(server.db_path) == "ok"
 
     # Half done is still servable with the key (sealed and plaintext rows both open) ...
     server.env["ENCRYPTION_KEY"] = KEY_1
@@ -333,4 +308,5 @@ def test_encrypt_existing_resumes_after_kill_9(make_server):
     assert count_with_key(server.db_path, None) == 0
     server.start()
     assert_objects_read_back(server, token, written)
-    print(f"\n[encrypt-existing] killed after {done} of {total} payloads; rerun finished")
+    print(f"\n[encrypt-existing] killed at {done:.0%} of {total} object payloads; "
+          "rerun finished")

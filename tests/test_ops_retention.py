@@ -11,14 +11,12 @@ The window is 4 seconds here (room for a slow CLI start on a busy machine); test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import threading
 import time
 
-from conftest import ns_path, object_path
+from conftest import AdminClient, db_rows, ns_path, object_path, workers
 
 WINDOW_SECONDS = 4
 WINDOW = {"OBJECT_RETENTION_SECONDS": str(WINDOW_SECONDS)}
@@ -87,24 +85,13 @@ def gc_cli(server) -> dict:
 
 
 def stored_paths(server, namespace: str) -> set[str]:
-    with contextlib.closing(sqlite3.connect(server.db_path, timeout=30)) as db:
-        return {row[0] for row in db.execute("SELECT path FROM objects WHERE namespace = ?",
-                                             (namespace,))}
+    return {row["path"] for row in db_rows(
+        server, "SELECT path FROM objects WHERE namespace = ?", (namespace,))}
 
 
 def manifest_count(server, namespace: str) -> int:
-    with contextlib.closing(sqlite3.connect(server.db_path, timeout=30)) as db:
-        return db.execute("SELECT count(*) FROM manifests WHERE namespace = ?",
-                          (namespace,)).fetchone()[0]
-
-
-def admin_headers(server) -> dict:
-    answer = server.request("POST", "/admin/api/login", {"password": ADMIN_PASSWORD})
-    assert answer.status == 200, answer
-    cookies = dict(header.split(";", 1)[0].split("=", 1)
-                   for header in answer.headers.get_all("Set-Cookie"))
-    return {"Cookie": f"oxsync_session={cookies['oxsync_session']}",
-            "X-CSRF-Token": answer.json["csrfToken"]}
+    return db_rows(server, "SELECT count(*) AS n FROM manifests WHERE namespace = ?",
+                   (namespace,))[0]["n"]
 
 
 # -- tests ------------------------------------------------------------------------------
@@ -143,12 +130,12 @@ def test_gc_removes_only_what_no_kept_manifest_references(make_server):
             statuses.extend(client.status(path) for path in current)
         client.close()
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    report = gc_cli(server)
-    gc_done = time.monotonic()
-    stop.set()
-    thread.join(10)
+    with workers(reader, timeout=10):
+        try:
+            report = gc_cli(server)
+            gc_done = time.monotonic()
+        finally:
+            stop.set()
     assert statuses and set(statuses) == {200}, set(statuses)
     assert gc_done - in_progress_written < WINDOW_SECONDS, "machine too slow for this window"
 
@@ -211,7 +198,7 @@ def test_old_manifests_are_pruned_after_32_newer_ones_and_the_window(make_server
     team.close()
 
 
-def test_admin_gc_and_soft_deleted_namespaces(make_server):
+def test_admin_gc_needs_a_session_and_leaves_soft_deleted_namespaces_alone(make_server):
     server = make_server(env={**WINDOW, "ADMIN_PASSWORD": ADMIN_PASSWORD})
     token = server.create_token()
     live = Client(server, token, "ret/live")
@@ -226,7 +213,9 @@ def test_admin_gc_and_soft_deleted_namespaces(make_server):
 
     # The admin call needs a session and the CSRF header.
     assert server.request("POST", "/admin/api/gc").status == 401
-    headers = admin_headers(server)
+    admin = AdminClient(server)
+    admin.login()
+    headers = admin.auth_headers()
     without_csrf = {"Cookie": headers["Cookie"]}
     assert server.request("POST", "/admin/api/gc", headers=without_csrf).status == 403
     assert stored_paths(server, "ret/live") == {"structured/connections/r1.json", "orphan.bin"}

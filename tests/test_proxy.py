@@ -55,6 +55,17 @@ def sync_through(server, port: int, prefix: str) -> None:
     assert call("GET", object_path("team/default", path)) == (200, b"payload")
 
 
+def sync_through_proxy(server, port: int, log: Path, command: list[str], **popen) -> None:
+    """Start the proxy, sync through it under the README's /sync prefix, stop it."""
+    proxy = subprocess.Popen(command, **popen)
+    try:
+        wait_for_port(port, proxy, log)
+        sync_through(server, port, "/sync")
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
 @pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
 def test_nginx_snippet_keeps_encoded_namespace(server, tmp_path):
     port = free_port()
@@ -70,13 +81,8 @@ http {{
   scgi_temp_path {tmp_path}/scgi;
   server {{ listen 127.0.0.1:{port}; {location} }}
 }}""")
-    nginx = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-e", str(log)])
-    try:
-        wait_for_port(port, nginx, log)
-        sync_through(server, port, "/sync")
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
+    sync_through_proxy(server, port, log, ["nginx", "-c", str(tmp_path / "nginx.conf"),
+                                            "-e", str(log)])
 
 
 @pytest.mark.skipif(not shutil.which("caddy"), reason="caddy is not installed")
@@ -86,17 +92,13 @@ def test_caddy_snippet_keeps_encoded_namespace(server, tmp_path):
     site = site.replace("127.0.0.1:8730", f"127.0.0.1:{server.port}")
     (tmp_path / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site)
     log = tmp_path / "caddy.log"
-    caddy = subprocess.Popen(["caddy", "run", "--config", str(tmp_path / "Caddyfile"),
-                              "--adapter", "caddyfile"], stdout=open(log, "w"),
-                             stderr=subprocess.STDOUT,
-                             env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
-                                  "XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    try:
-        wait_for_port(port, caddy, log)
-        sync_through(server, port, "/sync")
-    finally:
-        caddy.terminate()
-        caddy.wait(10)
+    with open(log, "w") as output:
+        sync_through_proxy(server, port, log, ["caddy", "run", "--config",
+                                               str(tmp_path / "Caddyfile"), "--adapter",
+                                               "caddyfile"],
+                           stdout=output, stderr=subprocess.STDOUT,
+                           env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+                                "XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
 
 
 def test_decoded_namespace_gets_a_hint(server, token):

@@ -11,7 +11,9 @@ import threading
 
 import pytest
 from _reliability import MiB, data_fingerprint, integrity_check
-from conftest import ns_path, object_path
+from conftest import assert_json_error, ns_path, object_path, run_workers, workers
+
+pytestmark = pytest.mark.sqlite_only   # the disk that fills is the SQLite file's
 
 NS = "disk/full"
 
@@ -33,9 +35,7 @@ def seed(server, token):
 
 
 def assert_insufficient_storage(answer):
-    assert answer.status == 507, answer
-    error = answer.json["error"]
-    assert error["code"] == "insufficient_storage" and "disk" in error["message"], answer
+    assert_json_error(answer, 507, "disk")
 
 
 def test_below_min_free_disk_writes_answer_507_and_change_nothing(make_server):
@@ -121,9 +121,7 @@ def put_checked(server, conn, path, body, token):
         pytest.fail(f"PUT {path} got a dropped connection, not an answer: {error!r}")
     if answer.status not in (200, 201):
         assert 500 <= answer.status < 600, answer
-        assert answer.headers["Content-Type"].startswith("application/json"), answer
-        error = answer.json["error"]
-        assert error["code"] and len(error["message"]) > 20, answer
+        assert len(assert_json_error(answer, answer.status)) > 20, answer
     if answer.headers.get("Connection", "").lower() == "close":
         conn.close()
         conn = server.connect()
@@ -169,7 +167,13 @@ def test_real_enospc_answers_clean_errors_and_recovers(make_server, small_disk):
             else:
                 failures.append(answer)
         assert failures, "the tmpfs never ran out of space"
+        # What this test is for: SQLite itself hit the full disk (SQLITE_FULL), and the
+        # client got the clean 507 that says nothing was stored, not the pre-check's.
         real_enospc = server.log().count("disk full while answering")
+        assert real_enospc >= 1, ("no write reached SQLite's SQLITE_FULL: the free-space "
+                                  f"pre-check refused them all: {failures}")
+        assert any(a.status == 507 and "nothing was stored" in a.json["error"]["message"]
+                   for a in failures), failures
         filler.unlink()
 
         # 2. Fill the disk with uploads until they fail.
@@ -251,32 +255,30 @@ def test_the_wal_starts_over_during_a_steady_stream_of_writes(make_server):
     token = server.create_token()
     wal = server.db_path.with_name(server.db_path.name + "-wal")
     body = os.urandom(256 * 1024)
-    largest, written, stop = [0], [0], threading.Event()
+    largest, stop = [0], threading.Event()
 
     def writer(number):
         conn = server.connect(timeout=60)
+        written = 0
         for index in range(90):
             path = object_path(f"disk/stream{number}", f"structured/{index}.json")
             answer = server.request("PUT", path, body=body, token=token, connection=conn)
             assert answer.status == 201, answer
-            written[0] += len(body)
+            written += len(body)
         conn.close()
+        return written
 
     def watch():
         while not stop.is_set():
             largest[0] = max(largest[0], wal.stat().st_size if wal.exists() else 0)
             stop.wait(0.02)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    writers = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
-    for thread in writers:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    stop.set()
-    watcher.join()
-    assert written[0] == 8 * 90 * len(body)  # 180 MiB
+    with workers(watch):
+        try:
+            written = run_workers(*[lambda n=n: writer(n) for n in range(8)])
+        finally:
+            stop.set()
+    assert sum(written) == 8 * 90 * len(body)  # 180 MiB
     # 23 MiB here; without the fix it grew to 200 MiB
     assert largest[0] < 64 * MiB, f"WAL reached {largest[0] / MiB:.0f} MiB"
     assert integrity_check(server.db_path) == "ok"

@@ -13,14 +13,13 @@ import time
 import pytest
 from _reliability import (
     MiB,
-    is_json_error,
     proc_status,
     raise_nofile,
     raw_connect,
     read_until_done,
     wait_for,
 )
-from conftest import ns_path, object_path
+from conftest import assert_json_error, ns_path, object_path, run_workers
 
 REQUEST_TIMEOUT = 2
 HALF_LINES = 300
@@ -160,6 +159,7 @@ def test_slowloris_and_dribblers_do_not_block_a_normal_sync(make_server):
     assert max(cycles) < 2.0, f"sync cycles took {cycles} s under attack (bound 2 s)"
     assert left == 0, f"{left} stalled connections were never closed by the server"
     slowest = {kind: max(times) for kind, times in stalls.closed.items()}
+    assert set(slowest) == {"half-line", "dribble"}, stalls.closed
     bound = REQUEST_TIMEOUT + 3     # the timeout, the 0.5 s sweep, and a loaded machine
     assert all(seconds <= bound for seconds in slowest.values()), \
         f"stalled connections lived {slowest} s (bound {bound} s)"
@@ -217,7 +217,7 @@ def assert_quick_503(exchange, bound=2.0):
     answer = exchange.answers[0]
     assert answer.status == 503, answer
     assert answer.headers.get("retry-after", "").isdigit(), answer.headers
-    assert is_json_error(answer) and answer.json["error"]["code"] == "unavailable", answer
+    assert_json_error(answer, 503)
     assert exchange.seconds < bound, f"the 503 took {exchange.seconds:.2f}s (bound {bound}s)"
 
 
@@ -313,7 +313,6 @@ def test_many_connections_taking_turns_all_get_the_right_answers(make_server):
     raise_nofile(4096)
     server = make_server()
     token = server.create_token()
-    failures, lock = [], threading.Lock()
 
     def client(number):
         ns = f"turns/{number}"
@@ -329,22 +328,15 @@ def test_many_connections_taking_turns_all_get_the_right_answers(make_server):
                                           token=token, connection=conn)
                 meta = server.request("GET", ns_path(ns, "metadata"), token=token,
                                       connection=conn)
-                ok = (put.status in (200, 201) and got.status == 200 and got.body == data
-                      and meta_put.status == 200 and meta.status == 200
-                      and meta.json["revision"] == f"r{round_}"
-                      and meta.json["client"] == number
-                      and meta.json["etag"] == meta_put.json["etag"])
-                if not ok:
-                    with lock:
-                        failures.append((number, round_, put, got, meta_put, meta))
-                    return
+                where = (number, round_, put, got, meta_put, meta)
+                assert put.status == 201 and got.status == 200 and got.body == data, where
+                assert meta_put.status == 200 and meta.status == 200, where
+                assert meta.json["revision"] == f"r{round_}", where
+                assert meta.json["client"] == number, where
+                assert meta.json["etag"] == meta_put.json["etag"], where
         finally:
             conn.close()
+        return number
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(48)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not failures, failures[:3]
+    finished = run_workers(*[lambda n=n: client(n) for n in range(48)], timeout=120)
+    assert finished == list(range(48))

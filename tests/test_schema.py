@@ -1,14 +1,28 @@
 """The database schema is versioned with PRAGMA user_version and migrated forward at startup."""
 
+import importlib.util
 import sqlite3
-import subprocess
 import sys
 import time
 
-from conftest import OXSYNC, ROOT, ns_path, object_path
+import pytest
+from conftest import OXSYNC, ROOT, ns_path, object_path, one_error_line
 
-sys.path.insert(0, str(ROOT))
-import oxsync  # noqa: E402  (only for its migration scripts and version number)
+pytestmark = pytest.mark.sqlite_only   # writes and reads the SQLite file's schema
+
+
+def load_oxsync():
+    """The module under test (the .py file OXSYNC_CMD runs, else the checkout's), only for
+    its migration scripts and version number."""
+    path = OXSYNC[-1] if OXSYNC[-1].endswith(".py") else str(ROOT / "oxsync.py")
+    spec = importlib.util.spec_from_file_location("oxsync_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+oxsync = load_oxsync()
 
 
 def make_v1_database(path) -> None:
@@ -54,12 +68,7 @@ def test_a_newer_database_is_refused(make_server):
     db = sqlite3.connect(server.db_path)
     db.execute("PRAGMA user_version = 99")
     db.close()
-    result = subprocess.run(OXSYNC + ["serve", "--listen", f"127.0.0.1:{server.port}",
-                                      "--db-path", str(server.db_path)],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("oxsync: ")]
-    assert len(lines) == 1 and "newer oxsync" in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    line = one_error_line(server.serve_once(), "newer oxsync", code=2)
+    assert line.startswith("oxsync: "), line
     with sqlite3.connect(server.db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 99

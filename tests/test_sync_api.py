@@ -15,27 +15,18 @@ import urllib.parse
 from datetime import datetime
 
 import pytest
-from conftest import TEST_KEY, ns_path, object_path, running_server
+from conftest import SNAPSHOT_TYPE, TEST_KEY, ns_path, object_path, quoted
+
+BOTH_STORES = True  # every test here runs on SQLite and on PostgreSQL (conftest)
 
 NS = "team/default"
-SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
 MANIFEST_TYPE = "application/vnd.oxideterm.cloud-sync.manifest+json"
 
 
-# -- fixtures and helpers ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("sync-api")) as server:
-        yield server
-
+# -- helpers (the module's server: conftest's `shared`) ---------------------------
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def quoted(etag: str) -> str:
-    return f'"{etag}"'
 
 
 def section_document(kind: str, records: list) -> bytes:
@@ -146,7 +137,7 @@ def put_blob(server, token, data, revision, namespace=NS, headers=None):
 
 # -- service endpoints ----------------------------------------------------------
 
-def test_health(shared):
+def test_health_answers_ok_with_the_service_name(shared):
     answer = shared.request("GET", "/health")
     assert answer.status == 200
     assert answer.json == {"status": "ok", "service": "oxideterm-cloud-sync-server"}
@@ -157,23 +148,26 @@ READY_FIELDS = ("dbWritable", "diskFreeBytes", "minFreeDiskBytes", "diskAboveMin
                 "encryptionEnabled", "adminEnabled", "jwtSecretPersistent")
 
 
-def test_ready_defaults(shared):
+def test_ready_reports_defaults_of_a_plain_server(shared):
     answer = shared.request("GET", "/ready")
     assert answer.status == 200, answer
     body = answer.json
     assert set(READY_FIELDS) <= set(body), body
     assert body["dbWritable"] is True
     assert body["minFreeDiskBytes"] == 104857600
-    free = shutil.disk_usage(shared.workdir).free
-    assert isinstance(body["diskFreeBytes"], int)
-    assert abs(body["diskFreeBytes"] - free) < 512 * 1024 * 1024
-    assert body["diskAboveMinimum"] is (body["diskFreeBytes"] >= body["minFreeDiskBytes"])
+    if shared.store_kind == "postgres":  # its disk is the database server's, not ours
+        assert body["diskFreeBytes"] is None and body["diskAboveMinimum"] is True
+    else:
+        free = shutil.disk_usage(shared.workdir).free
+        assert isinstance(body["diskFreeBytes"], int)
+        assert abs(body["diskFreeBytes"] - free) < 512 * 1024 * 1024
+        assert body["diskAboveMinimum"] is (body["diskFreeBytes"] >= body["minFreeDiskBytes"])
     assert body["encryptionEnabled"] is False
     assert body["adminEnabled"] is False
     assert body["jwtSecretPersistent"] is False
 
 
-def test_ready_configured(make_server):
+def test_ready_reports_encryption_admin_and_disk_settings(make_server):
     server = make_server(env={"ENCRYPTION_KEY": TEST_KEY, "ADMIN_PASSWORD": "correct horse 1",
                               "ADMIN_JWT_SECRET": "j" * 40, "MIN_FREE_DISK_BYTES": "12345"})
     body = server.request("GET", "/ready").json
@@ -185,6 +179,7 @@ def test_ready_configured(make_server):
     assert body["dbWritable"] is True
 
 
+@pytest.mark.sqlite_only  # the minimum guards the SQLite file's disk
 def test_ready_answers_503_below_the_disk_minimum(make_server, tmp_path):
     needed = shutil.disk_usage(tmp_path).free * 4
     server = make_server(env={"MIN_FREE_DISK_BYTES": str(needed)})
@@ -205,7 +200,7 @@ def test_root_redirects_to_admin(shared):
 
 # -- metadata ----------------------------------------------------------------------
 
-def test_empty_namespace(shared, ns):
+def test_an_empty_namespace_has_no_metadata_blob_or_objects(shared, ns):
     answer = shared.request("GET", ns_path(ns, "metadata"), token=shared.token)
     assert answer.status == 200
     assert answer.json == {"exists": False, "contentLength": 0}
@@ -216,7 +211,7 @@ def test_empty_namespace(shared, ns):
     assert missing.json["error"]["code"] == "not_found"
 
 
-def test_structured_upload_then_download(server, token):
+def test_a_structured_upload_downloads_field_for_field_and_byte_for_byte(server, token):
     manifest, objects = structured_snapshot()
 
     # Upload like the client: every object first (one keep-alive connection), then the manifest.
@@ -303,7 +298,7 @@ def test_put_metadata_keeps_the_blob_description(shared, ns):
 
 # -- blob ------------------------------------------------------------------------------
 
-def test_blob_round_trip(shared, ns):
+def test_a_blob_reads_back_with_its_type_length_and_etag(shared, ns):
     token = shared.token
     data = os.urandom(200_000)
     put = put_blob(shared, token, data, "r-1", namespace=ns,
@@ -345,7 +340,7 @@ def test_percent_encoding_variants_name_the_same_namespace(shared, ns):
 
 # -- objects -----------------------------------------------------------------------------
 
-def test_object_overwrite(shared, ns):
+def test_overwriting_an_object_gives_a_new_etag_every_time(shared, ns):
     token = shared.token
     path = "structured/connections/fnv1a-9f86d0a1.json"
     first = put_object(shared, token, path, b'{"exportedAt": 1}', "application/json", ns)
@@ -366,7 +361,7 @@ def test_object_overwrite(shared, ns):
     assert third.json["etag"] not in (first.json["etag"], second.json["etag"])
 
 
-def test_object_content_type(shared, ns):
+def test_object_content_type_comes_from_upload_or_extension(shared, ns):
     token = shared.token
     by_extension = {"structured/connections/fnv1a-1.json": "application/json",
                     "structured/settings/app/general/abc.oxide": SNAPSHOT_TYPE,
@@ -386,7 +381,7 @@ def test_object_content_type(shared, ns):
         assert got.headers["Content-Type"] == content_type, path
 
 
-def test_object_last_modified(shared, ns):
+def test_an_object_answers_its_last_modified_time(shared, ns):
     path = "structured/forwards/.json"
     before = time.time()
     assert put_object(shared, shared.token, path, b"[]", "application/json", ns).status == 201
@@ -417,11 +412,12 @@ def test_object_paths_are_decoded_per_segment(shared, ns):
 
 def upload_everything(server, token, namespace):
     """A blob, an object and metadata -> (etag per kind, GET path per kind)."""
-    put_blob(server, token, b"snapshot bytes", "r1", namespace=namespace)
+    assert put_blob(server, token, b"snapshot bytes", "r1", namespace=namespace).status == 200
     obj = put_object(server, token, "structured/connections/a.json", b"{}", "application/json",
                      namespace)
     meta = put_manifest(server, token, {"format": "structured-v2", "revision": "r2"},
                         namespace=namespace)
+    assert obj.status == 201 and meta.status == 200, (obj, meta)
     etags = {"metadata": meta.json["etag"], "blob": meta.json["etag"],
              "object": obj.json["etag"]}
     paths = {"metadata": ns_path(namespace, "metadata"), "blob": ns_path(namespace, "blob"),
@@ -456,7 +452,7 @@ def test_head_works_where_get_does(shared, ns, what):
     assert head.headers["Content-Type"] == get.headers["Content-Type"]
 
 
-def test_head_on_missing_and_unauthenticated(shared, ns):
+def test_head_answers_404_401_and_200_like_get(shared, ns):
     assert shared.request("HEAD", ns_path(ns, "blob"), token=shared.token).status == 404
     assert shared.request("HEAD", ns_path(ns, "metadata")).status == 401
     assert shared.request("HEAD", "/health").status == 200
@@ -464,7 +460,7 @@ def test_head_on_missing_and_unauthenticated(shared, ns):
 
 # -- transport ------------------------------------------------------------------------------
 
-def test_keep_alive(shared, ns):
+def test_one_keep_alive_connection_serves_every_kind_of_answer(shared, ns):
     connection = shared.connect()
     ports = set()
     answers = []

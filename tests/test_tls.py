@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import warnings
@@ -28,7 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import OXSYNC, ROOT, OxsyncServer, free_port, ns_path, object_path
+from conftest import (ROOT, AdminClient, OxsyncServer, cookies_of, free_port, ns_path,
+                      object_path, one_error_line, running_server)
 
 NS = "team/default"
 SNAPSHOT_TYPE = "application/vnd.oxideterm.oxide"
@@ -140,14 +140,14 @@ def pki(tmp_path_factory) -> PKI:
 class TlsServer(OxsyncServer):
     """OxsyncServer speaking HTTPS: the harness's request()/wait_ready() go through connect()."""
 
-    def __init__(self, workdir: Path, pki: PKI, pair: Pair | None = None, env=None, args=(),
-                 use_env: bool = False):
+    def __init__(self, workdir: Path, env=None, args=(), database_url=None, *, pki: PKI,
+                 pair: Pair | None = None, use_env: bool = False):
         self.pki = pki
         self.cert_file, self.key_file = (pair or pki.good).write(workdir)
         tls = {"TLS_CERT_FILE": self.cert_file, "TLS_KEY_FILE": self.key_file}
         flags = [] if use_env else ["--tls-cert", self.cert_file, "--tls-key", self.key_file]
         super().__init__(workdir, {**(env or {}), **(tls if use_env else {})},
-                         (*flags, *args))
+                         (*flags, *args), database_url)
 
     def connect(self, timeout: float = 30, context: ssl.SSLContext | None = None):
         return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
@@ -177,37 +177,25 @@ class TlsServer(OxsyncServer):
 
 
 @pytest.fixture
-def make_tls(tmp_path, pki):
-    servers = []
-
+def make_tls(make_server, pki):
+    """make_server for TlsServer: make_tls(pair=None, env=None, args=(), use_env=False)."""
     def make(pair=None, env=None, args=(), use_env=False, start=True):
-        directory = tmp_path / f"tls{len(servers)}"
-        directory.mkdir()
-        server = TlsServer(directory, pki, pair, env, args, use_env)
-        servers.append(server)
-        return server.start() if start else server
-
-    yield make
-    for server in servers:
-        server.stop()
-        if not server.allow_traceback:
-            assert "Traceback" not in server.log(), server.log()
+        return make_server(env=env, args=args, start=start, server_class=TlsServer, pki=pki,
+                           pair=pair, use_env=use_env)
+    return make
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, pki):
+def shared(tmp_path_factory, pki, store_kind):
     """One HTTPS server for the read-mostly tests: admin on, metrics on, a 2 s request
     timeout, and the HTTP redirect listener."""
     redirect_port = free_port()
-    server = TlsServer(tmp_path_factory.mktemp("tls-shared"), pki, env={
-        **ADMIN_ENV, "METRICS_TOKEN": METRICS_TOKEN, "REQUEST_TIMEOUT_SECONDS": "2"},
-        args=("--redirect-http", str(redirect_port)))
-    server.redirect_port = redirect_port
-    server.start()
-    server.token = server.create_token()
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log(), server.log()
+    with running_server(tmp_path_factory.mktemp("tls-shared"), {
+            **ADMIN_ENV, "METRICS_TOKEN": METRICS_TOKEN, "REQUEST_TIMEOUT_SECONDS": "2"},
+            ("--redirect-http", str(redirect_port)), store_kind=store_kind,
+            server_class=TlsServer, pki=pki) as server:
+        server.redirect_port = redirect_port
+        yield server
 
 
 # -- the sync cycle over HTTPS ----------------------------------------------------------
@@ -548,19 +536,6 @@ def test_changed_files_are_picked_up_without_sighup(make_tls, pki):
 
 # -- startup --------------------------------------------------------------------------------
 
-def run_serve(tmp_path: Path, *args: str, env: dict | None = None):
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("ENCRYPTION_KEY", "ADMIN_PASSWORD", "DB_PATH", "LISTEN_ADDR",
-                                "TLS_CERT_FILE", "TLS_KEY_FILE", "REDIRECT_HTTP_PORT")}
-    started = time.monotonic()
-    result = subprocess.run(
-        OXSYNC + ["serve", "--listen", f"127.0.0.1:{free_port()}",
-                  "--db-path", str(tmp_path / "sync.db"), *args],
-        capture_output=True, text=True, cwd=tmp_path, env={**environment, **(env or {})},
-        stdin=subprocess.DEVNULL, start_new_session=True, timeout=30)
-    return result, time.monotonic() - started
-
-
 STARTUP_ERRORS = [
     pytest.param("expired", "expired on", id="expired"),
     pytest.param("mismatched", "does not match", id="mismatched"),
@@ -577,7 +552,9 @@ STARTUP_ERRORS = [
 
 
 @pytest.mark.parametrize("kind, fragment", STARTUP_ERRORS)
-def test_bad_pair_fails_at_startup_with_one_line(tmp_path, pki, kind, fragment):
+def test_bad_pair_fails_at_startup_with_one_line(make_server, pki, kind, fragment):
+    server = make_server(start=False)
+    tmp_path = server.workdir
     good_cert, good_key = pki.good.write(tmp_path, "good")
     env = None
     if kind in ("expired", "expired-env"):
@@ -613,28 +590,24 @@ def test_bad_pair_fails_at_startup_with_one_line(tmp_path, pki, kind, fragment):
     else:
         args = ["--tls-cert", cert, "--tls-key", key]
 
-    result, seconds = run_serve(tmp_path, *args, env=env)
-    assert result.returncode != 0, result
-    assert seconds < 10, f"took {seconds:.1f} s to fail"
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("oxsync: "), lines[0]
-    assert fragment.lower() in lines[0].lower(), lines[0]
+    result = server.serve_once(*args, env=env)
+    assert result.seconds < 10, f"took {result.seconds:.1f} s to fail"
+    assert result.stdout.strip() == "", result.stdout
+    line = one_error_line(result, fragment)
+    assert line.startswith("oxsync: "), line
     if kind in ("expired", "expired-env"):
         expiry = pki.expired.cert.not_valid_after_utc.strftime("%Y-%m-%d")
-        assert expiry in lines[0], lines[0]
+        assert expiry in line, line
 
 
-def test_a_pass_phrase_protected_key_is_named_as_such(tmp_path, pki):
-    cert, _ = pki.good.write(tmp_path, "good")
-    key = tmp_path / "encrypted.key"
+def test_a_pass_phrase_protected_key_is_named_as_such(make_server, pki):
+    server = make_server(start=False)
+    cert, _ = pki.good.write(server.workdir, "good")
+    key = server.workdir / "encrypted.key"
     key.write_bytes(pki.good.encrypted_key_pem())
-    result, _ = run_serve(tmp_path, "--tls-cert", cert, "--tls-key", str(key))
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("oxsync: "), result.stderr
-    assert "pass phrase" in lines[0] and "not a PEM" not in lines[0], lines[0]
+    line = one_error_line(server.serve_once("--tls-cert", cert, "--tls-key", str(key)),
+                          "pass phrase")
+    assert line.startswith("oxsync: ") and "not a PEM" not in line, line
 
 
 def test_certificate_expiring_soon_starts_with_a_warning(make_tls, pki):
@@ -667,13 +640,10 @@ def test_a_long_lived_certificate_starts_without_a_warning(shared, pki):
 # -- admin over TLS, and the plain-HTTP redirect -------------------------------------------
 
 def test_admin_cookies_are_secure_and_pages_carry_hsts(shared):
-    login = shared.request("POST", "/admin/api/login", {"password": ADMIN_ENV["ADMIN_PASSWORD"]})
-    assert login.status == 200, login
-    cookies = login.headers.get_all("Set-Cookie")
-    assert len(cookies) == 2, cookies
-    for cookie in cookies:
-        attributes = [part.strip().lower() for part in cookie.split(";")[1:]]
-        assert "secure" in attributes, cookie
+    cookies = cookies_of(AdminClient(shared).login())
+    assert set(cookies) == {"oxsync_session", "oxsync_csrf"}, cookies
+    for name, (_, attributes) in cookies.items():
+        assert attributes.get("secure") is True, (name, attributes)
     if not (ROOT / "admin.html").exists():
         pytest.skip("admin.html is not in this checkout, so GET /admin has no page")
     page = shared.request("GET", "/admin")
