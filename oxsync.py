@@ -1668,21 +1668,15 @@ class Store:
 
     read() and write() yield Records. A write commits when its block ends without an
     exception and rolls back otherwise; writers of one namespace take turns through
-    Records.lock_namespace (SQLite: there is one writer anyway).
+    Records.lock_namespace (SQLite: there is one writer anyway). Each store also says
+    describe() (the database in words, never with a password) and change_stamp() (a
+    value that differs after any process commits a change; None: unknown).
     """
 
     local_dir: str | None = None  # a folder whose free disk space bounds writes
 
     def __init__(self):
         self._cache: dict = {}
-
-    def describe(self) -> str:
-        """The database in words for messages, never with a password."""
-        raise NotImplementedError
-
-    def change_stamp(self):
-        """A value that differs after any process commits a change; None: unknown."""
-        raise NotImplementedError
 
     def cached(self, key, load):
         """load(records) -> a result, kept and reused until any process commits a change.
@@ -2038,7 +2032,7 @@ class PostgresStore(Store):
     IN_DOUBT = ("the database connection was lost while committing; the change may or may "
                 "not have been stored: read it back before retrying")
 
-    def __init__(self, url: str, serving: bool = False):
+    def __init__(self, url: str):
         super().__init__()
         self.psycopg = import_psycopg()
         self.url = url
@@ -2324,16 +2318,11 @@ def migrate(store: Store) -> None:
                          f"{' '.join(str(error).split())}") from None
 
 
-def open_database(config: Config, serving: bool = False) -> Store:
-    if config.database_url:
-        return PostgresStore(config.database_url, serving=serving)
-    return SQLiteStore(config.db_path, serving=serving)
-
-
 def open_store(config: Config) -> tuple[Store, Sealer]:
     """Open the database and check that the configured key fits what it holds."""
     sealer = Sealer(config.encryption_key)
-    store = open_database(config, serving=True)
+    store = PostgresStore(config.database_url) if config.database_url else \
+        SQLiteStore(config.db_path, serving=True)
     store.hold(exclusive=False)
     check_key(store, sealer)
     return store, sealer
@@ -4239,7 +4228,7 @@ def existing_token(tx: Records, token_id: str):
 def expiry_field(body: dict) -> float | None:
     value = field(body, "expiresAt", str, required=False)
     try:
-        return check_expiry(parse_rfc3339(value), time.time()) if value else None
+        return parse_rfc3339(value) if value else None
     except ValueError as error:
         raise HTTPError(400, f"expiresAt: {error}") from None
 
@@ -4284,7 +4273,10 @@ def admin_update_token(request, token_id):
     if "enabled" in body:
         changes["enabled"] = field(body, "enabled", bool)
     if "expiresAt" in body:
-        changes["expires_at"] = expiry_field(body)
+        try:
+            changes["expires_at"] = check_expiry(expiry_field(body), time.time())
+        except ValueError as error:
+            raise HTTPError(400, f"expiresAt: {error}") from None
     if "name" in body:
         try:
             changes["name"] = check_token_name(field(body, "name", str))
@@ -5091,24 +5083,34 @@ def cmd_admin_set_password(args) -> int:
     return 0
 
 
-def cmd_namespace_history(args) -> int:
+def read_history(args, load) -> dict | None:
+    """load(records) in one snapshot of the store named by args -> its answer, or None
+    after saying why there is none (no such namespace or version)."""
     try:
         with cli_store(args).read(snapshot=True) as tx:
-            history = namespace_history(tx, args.namespace, args.limit)
+            return load(tx)
     except LookupError as error:
         print(f"oxsync: {error}", file=sys.stderr)
+        return None
+
+
+def version_flags(version: dict, suspicious: str = "SUSPICIOUS", missing: bool = True) -> list:
+    return [flag for flag, on in (
+        ("current", version["current"]), (suspicious, version["suspicious"]),
+        (f"rollback of {version['rollbackOf']}", version["rollbackOf"]),
+        (f"{version['missingObjects']} objects missing",
+         missing and version["missingObjects"])) if on]
+
+
+def cmd_namespace_history(args) -> int:
+    history = read_history(args, lambda tx: namespace_history(tx, args.namespace, args.limit))
+    if history is None:
         return 1
     if args.json:
         print(json.dumps(history, indent=2))
         return 0
     for version in history["versions"]:
-        flags = [flag for flag, on in (("current", version["current"]),
-                                       ("SUSPICIOUS", version["suspicious"]),
-                                       (f"rollback of {version['rollbackOf']}",
-                                        version["rollbackOf"]),
-                                       (f"{version['missingObjects']} objects missing",
-                                        version["missingObjects"])) if on]
-        version["flags"] = ", ".join(flags)
+        version["flags"] = ", ".join(version_flags(version))
     print_table(history["versions"], [("seq", "VERSION"), ("createdAt", "TIME"),
                                       ("revision", "REVISION"), ("deviceId", "DEVICE"),
                                       ("flags", "FLAGS"), ("summary", "CHANGES")])
@@ -5123,20 +5125,15 @@ def cmd_namespace_history(args) -> int:
 
 
 def cmd_namespace_show(args) -> int:
-    try:
-        with cli_store(args).read(snapshot=True) as tx:
-            version = namespace_version(tx, args.namespace, args.version)
-    except LookupError as error:
-        print(f"oxsync: {error}", file=sys.stderr)
+    version = read_history(args, lambda tx: namespace_version(tx, args.namespace,
+                                                              args.version))
+    if version is None:
         return 1
     if args.json:
         print(json.dumps(version, indent=2))
         return 0
     before = version["previousSeq"]
-    flags = [flag for flag, on in (("current", version["current"]),
-                                   ("SUSPICIOUS: records dropped", version["suspicious"]),
-                                   (f"rollback of {version['rollbackOf']}",
-                                    version["rollbackOf"])) if on]
+    flags = version_flags(version, "SUSPICIOUS: records dropped", missing=False)
     print(f"namespace {args.namespace!r} version {version['seq']}"
           f"{' (' + ', '.join(flags) + ')' if flags else ''}\n"
           f"  time      {version['createdAt']}\n  revision  {version['revision']}\n"

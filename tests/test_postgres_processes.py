@@ -266,7 +266,7 @@ def test_copy_store_moves_sqlite_to_postgres_and_back_with_tokens_working(tmp_pa
     url = _postgres.new_database()
     copied = lite.cli("copy-store", "--to", url)  # no key given: payloads copied sealed
     assert "checked every table" in copied.stderr and "***" in copied.stderr, copied
-    assert _postgres.PASSWORD not in copied.stderr + copied.stdout
+    assert _postgres.password(url) not in copied.stderr + copied.stdout
     again = lite.cli("copy-store", "--to", url, check=False)
     one_error_line(again, "not empty")
 
