@@ -175,6 +175,20 @@ def new_database(url: str | None = None) -> str:
     return with_database(admin, name)
 
 
+def database_name(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/"))
+
+
+def clone_database(url: str, origin: str, name: str) -> None:
+    """Make database `name` on url's server (dropped first if it exists) a copy of
+    `origin`. Nobody may be connected to `origin`."""
+    import psycopg
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True,
+                         connect_timeout=10) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        db.execute(f"CREATE DATABASE {name} TEMPLATE {origin}")
+
+
 def wait_until_accepting(url: str, timeout: float = 15) -> None:
     import psycopg
     deadline = time.monotonic() + timeout

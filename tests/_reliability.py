@@ -2,7 +2,7 @@
 
 Raw-socket HTTP (to send what http.client refuses to send) and the one reader of raw
 answers (pipelined ones too), /proc sampling of the server process, killing a command
-part-way through, and SQLite checks made directly on the database file.
+part-way through, and checks made directly on the store (the SQLite file, or either store).
 """
 
 from __future__ import annotations
@@ -203,18 +203,19 @@ def kill_partway(server, args: list[str], progress, env: dict | None = None,
     """Run an oxsync command on the server's store and SIGKILL it part-way through.
 
     progress(db) -> the fraction of the work done, from 0 (nothing yet) to 1 (all), read on
-    an open sqlite3 connection to the store. It is polled as fast as SQLite answers (one
-    connection, no sleep), and the kill is sent once it reaches a target fraction (half
-    the work at first). If the command finished first, the store is put back from a copy
-    and the next try aims 4 times earlier, down to "at the first sign of progress".
+    an open connection to the store (conftest.store_connection: rows are indexed by
+    column name on either store). It is polled as fast as the store answers (one connection, no sleep), and
+    the kill is sent once it reaches a target fraction (half the work at first). If the
+    command finished first, the store is put back from a copy and the next try aims 4
+    times earlier, down to "at the first sign of progress".
     -> the fraction done when it was killed (strictly between 0 and 1).
     """
-    copy = server.workdir / "before-kill.db"
-    shutil.copyfile(server.db_path, copy)
+    from conftest import store_connection
+    saved = save_store(server)
     target, seen = 0.5, []
     for _ in range(tries):
         process = server.cli_process(*args, env=env)
-        with db_open(server.db_path) as db:
+        with store_connection(server) as (db, _):
             while process.poll() is None:
                 try:
                     done = progress(db)
@@ -231,16 +232,39 @@ def kill_partway(server, args: list[str], progress, env: dict | None = None,
         if 0 < done < 1:
             return done
         # Finished before the kill (or never started): start over from the copy.
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{server.db_path}{suffix}")
-        shutil.copyfile(copy, server.db_path)
+        restore_store(server, saved)
         target = target / 4 if target > 0.001 else 0.0
     pytest.fail(f"could not kill {args[0]} part-way through in {tries} tries "
                 f"(progress seen after each kill: {seen})")
 
 
 # -- the database file ----------------------------------------------------------
+
+def save_store(server) -> str:
+    """A copy of the (stopped) server's store -> what restore_store() takes back."""
+    if server.store_kind == "postgres":
+        import _postgres
+        copy = _postgres.database_name(server.database_url) + "_saved"
+        _postgres.clone_database(server.database_url,
+                                 _postgres.database_name(server.database_url), copy)
+        return copy
+    copy = str(server.workdir / "before-kill.db")
+    shutil.copyfile(server.db_path, copy)
+    return copy
+
+
+def restore_store(server, saved: str) -> None:
+    if server.store_kind == "postgres":
+        import _postgres
+        _postgres.clone_database(server.database_url, saved,
+                                 _postgres.database_name(server.database_url))
+        return
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{server.db_path}{suffix}")
+    shutil.copyfile(saved, server.db_path)
+
+
 
 def key_id(key_hex: str) -> str:
     """The id oxsync gives an encryption key (what payloads and settings record)."""
@@ -269,64 +293,44 @@ def integrity_check(path) -> str:
         return "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))
 
 
-def tables(db) -> set:
-    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def payload_source(db, table: str) -> str:
-    """FROM clause giving `t` (the row) and `p` (its stored bytes: key_id, data), whether the
-    payload lives in the row itself or in a separate `payloads` table (payload_id)."""
-    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-    if "payload_id" in columns:
-        return f"FROM {table} t JOIN payloads p ON p.id = t.payload_id"
-    return f"FROM {table} t JOIN {table} p ON p.rowid = t.rowid"
-
-
-def orphan_payloads(db) -> int:
-    """Payload rows no blob, snapshot version or object points at (0 without that table)."""
-    present = tables(db)
-    if "payloads" not in present:
-        return 0
-    owners = [f"SELECT payload_id FROM {t}" for t in ("blobs", "blob_versions", "objects")
-              if t in present]
-    return db.execute("SELECT count(*) FROM payloads WHERE id NOT IN (" +
-                      " UNION ".join(owners) + ")").fetchone()[0]
-
-
 SEAL_OVERHEAD = 12 + 16   # nonce + Poly1305 tag of a sealed payload
+OWNERS = ("blobs", "blob_versions", "objects")   # the rows that point at a payload
 
 
-def assert_payload_rows_whole(db_path, sealed: bool = False, hashes: bool = True) -> None:
-    """Every stored payload is as long as its row says (and a plaintext blob hashes right),
-    and no payload is stored that nothing points at."""
+def assert_payload_rows_whole(server, sealed: bool = False, hashes: bool = True) -> None:
+    """On either store: every stored payload is as long as its row says (and a plaintext
+    snapshot hashes right), and no payload is stored that nothing points at."""
+    from conftest import db_rows
     overhead = SEAL_OVERHEAD if sealed else 0
-    with db_open(db_path) as db:
-        present = tables(db)
-        for table in ("blobs", "blob_versions"):   # blob_versions: snapshot history, if any
-            if table not in present:
-                continue
-            for namespace, size, stored, digest, data in db.execute(
-                    f"SELECT t.namespace, t.size, length(p.data), t.sha256, "
-                    f"CASE WHEN p.key_id IS NULL AND ? THEN p.data END "
-                    f"{payload_source(db, table)}", (hashes,)):
-                assert stored == size + overhead, (table, namespace, size, stored)
-                if data is not None:
-                    assert hashlib.sha256(data).hexdigest() == digest, (table, namespace)
-        for namespace, path, size, stored in db.execute(
-                "SELECT t.namespace, t.path, t.size, length(p.data) " +
-                payload_source(db, "objects")):
-            assert stored == size + overhead, (namespace, path, size, stored)
-        assert orphan_payloads(db) == 0, "payloads stored that no row points at"
+    data = "CASE WHEN p.key_id IS NULL THEN p.data END" if hashes else "NULL"
+    for table in OWNERS:
+        digest = "t.sha256" if table != "objects" else "NULL"
+        for row in db_rows(server, f"SELECT t.namespace, t.size, length(p.data) AS stored, "
+                                   f"{digest} AS sha256, {data} AS data "
+                                   f"FROM {table} t JOIN payloads p ON p.id = t.payload_id"):
+            assert row["stored"] == row["size"] + overhead, (table, row["namespace"],
+                                                             row["size"], row["stored"])
+            if row["data"] is not None and row["sha256"] is not None:
+                assert hashlib.sha256(row["data"]).hexdigest() == row["sha256"], \
+                    (table, row["namespace"])
+    orphans = db_rows(server, "SELECT count(*) AS n FROM payloads p WHERE " + " AND ".join(
+        f"NOT EXISTS (SELECT 1 FROM {table} WHERE payload_id = p.id)" for table in OWNERS))
+    assert orphans[0]["n"] == 0, "payloads stored that no row points at"
+
+
+def assert_file_intact(server) -> None:
+    """SQLite's own integrity check of the server's file (PostgreSQL guards its pages)."""
+    if server.store_kind == "sqlite":
+        assert integrity_check(server.db_path) == "ok"
 
 
 def data_fingerprint(path) -> dict:
     """A digest of everything sync writes may change (not token usage, not login failures)."""
     digests = {}
     with db_open(path) as db:
-        stored = [("payloads", "id")] if "payloads" in tables(db) else []
         for table, order in [("namespaces", "name"), ("blobs", "namespace"),
                              ("objects", "namespace, path"), ("manifests", "namespace, seq"),
-                             ("conflicts", "id")] + stored:
+                             ("conflicts", "id"), ("payloads", "id")]:
             digest = hashlib.sha256()
             for row in db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
                 digest.update(repr(tuple(row)).encode())

@@ -316,7 +316,9 @@ def _sqlite_only(request):
 
 
 @contextlib.contextmanager
-def _store_connection(server):
+def store_connection(server):
+    """An autocommit connection to the server's store and its placeholder -> (db, mark);
+    db.execute(...) rows are indexed by column name on either store."""
     if server.store_kind == "sqlite":
         import sqlite3
         db = sqlite3.connect(server.db_path, timeout=30)
@@ -329,19 +331,20 @@ def _store_connection(server):
     else:
         import psycopg
         from psycopg.rows import dict_row
-        with psycopg.connect(server.database_url, row_factory=dict_row) as db:
+        with psycopg.connect(server.database_url, row_factory=dict_row,
+                             autocommit=True) as db:
             yield db, "%s"
 
 
 def db_rows(server, sql: str, params=()) -> list[dict]:
     """Rows of a query on the server's store, as dicts ('?' placeholders on either)."""
-    with _store_connection(server) as (db, mark):
+    with store_connection(server) as (db, mark):
         return [dict(row) for row in db.execute(sql.replace("?", mark), params).fetchall()]
 
 
 def db_change(server, sql: str, params=()) -> int:
     """A write behind the server's back on its store -> the rows it changed."""
-    with _store_connection(server) as (db, mark):
+    with store_connection(server) as (db, mark):
         return db.execute(sql.replace("?", mark), params).rowcount
 
 

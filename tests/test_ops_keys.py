@@ -228,7 +228,7 @@ def test_rotate_key_killed_part_way_is_refused_until_rerun_then_serves_everythin
     assert count_with_key(server.db_path, new_id, "blobs") == len(written["blobs"])
     assert key_ids(server.db_path)["objects"] == {new_id}
     assert "rotation_target" not in payload_snapshot(server.db_path)["settings"]
-    assert_payload_rows_whole(server.db_path, sealed=True)
+    assert_payload_rows_whole(server, sealed=True)
     server.env["ENCRYPTION_KEY"] = KEY_2
     server.start()
     assert_objects_read_back(server, token, written)

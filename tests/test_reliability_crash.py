@@ -1,8 +1,9 @@
 """Crash safety: kill -9 the server at bad moments, restart on the same database.
 
-After every crash: `PRAGMA integrity_check` is ok, every write that was acknowledged
+On both stores. After every crash: every write that was acknowledged
 (a 2xx reached the client) reads back with its exact bytes, and nothing half-written is
-stored or served (each stored payload has the size and hash its row claims).
+stored or served (each stored payload has the size and hash its row claims). On SQLite,
+`PRAGMA integrity_check` of the file is ok too.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import time
 import pytest
 from _reliability import (
     MiB,
+    assert_file_intact,
     assert_payload_rows_whole,
-    db_open,
-    integrity_check,
     kill_partway,
     raw_connect,
     read_until_done,
 )
-from conftest import TEST_KEY, ns_path, object_path, workers
+from conftest import TEST_KEY, db_rows, ns_path, object_path, workers
 
-pytestmark = pytest.mark.sqlite_only   # every test checks the SQLite file after a kill
+BOTH_STORES = True
 
 NS = "crash/test"
 BIG = 32 * MiB
@@ -61,10 +61,10 @@ def test_kill_during_32mib_upload_leaves_nothing(make_server, previous):
     server.kill()
     sock.close()
 
-    assert integrity_check(server.db_path) == "ok"
+    assert_file_intact(server)
     server.start()
-    assert integrity_check(server.db_path) == "ok"
-    assert_payload_rows_whole(server.db_path)
+    assert_file_intact(server)
+    assert_payload_rows_whole(server)
     blob = server.request("GET", ns_path(NS, "blob"), token=token)
     metadata = server.request("GET", ns_path(NS, "metadata"), token=token).json
     if previous:
@@ -110,8 +110,8 @@ def test_kill_around_the_commit_of_a_32mib_upload(make_server):
         sock.close()
         acknowledged = bool(got.answers) and got.answers[0].status == 200
         server.start()
-        assert integrity_check(server.db_path) == "ok"
-        assert_payload_rows_whole(server.db_path, hashes=False)  # the GET compares bytes
+        assert_file_intact(server)
+        assert_payload_rows_whole(server, hashes=False)  # the GET compares bytes
         blob = server.request("GET", ns_path(NS, "blob"), token=token)
         assert blob.status == 200
         assert blob.body in (current, new), "a half-written blob is served"
@@ -188,10 +188,10 @@ def test_kill_during_a_burst_of_small_writes_loses_no_acknowledged_write(make_se
         server.kill()
     assert len(acked) >= 16 and manifests_acked, "the burst did not get going"
 
-    assert integrity_check(server.db_path) == "ok"
+    assert_file_intact(server)
     server.start()
-    assert integrity_check(server.db_path) == "ok"
-    assert_payload_rows_whole(server.db_path, sealed=True)
+    assert_file_intact(server)
+    assert_payload_rows_whole(server, sealed=True)
     conn = server.connect()
     checked = 0
     for path, versions in sent.items():
@@ -212,9 +212,8 @@ def test_kill_during_a_burst_of_small_writes_loses_no_acknowledged_write(make_se
     last_number = manifests_acked[-1][0]
     metadata = server.request("GET", ns_path(NS, "metadata"), token=token).json
     assert int(metadata["revision"][1:]) >= last_number
-    with db_open(server.db_path) as db:
-        history = {row[0] for row in db.execute("SELECT etag FROM manifests WHERE namespace = ?",
-                                                (NS,))}
+    history = {row["etag"] for row in db_rows(server, "SELECT etag FROM manifests "
+                                                      "WHERE namespace = ?", (NS,))}
     missing = [n for n, answer in manifests_acked if json.loads(answer)["etag"] not in history]
     assert not missing, f"acknowledged manifests missing from history: {missing}"
     print(f"\n[crash/burst] {sum(len(v) for v in sent.values())} object PUTs sent, "
@@ -255,13 +254,13 @@ def test_gc_killed_part_way_leaves_referenced_objects_and_a_rerun_finishes(make_
     total = len(kept) + len(doomed)
 
     def progress(db):
-        left = db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        left = db.execute("SELECT count(*) AS n FROM objects").fetchone()["n"]
         return (total - left) / len(doomed)
 
     done = kill_partway(server, ["gc", "--object-retention-seconds", "1"], progress)
-    assert integrity_check(server.db_path) == "ok"
+    assert_file_intact(server)
     server.start()
-    assert_payload_rows_whole(server.db_path)
+    assert_payload_rows_whole(server)
 
     def check(after_rerun: bool):
         conn = server.connect()
@@ -287,7 +286,7 @@ def test_gc_killed_part_way_leaves_referenced_objects_and_a_rerun_finishes(make_
     result = server.cli("gc", "--object-retention-seconds", "1")
     removed = json.loads(result.stdout.strip().splitlines()[-1])["objectsRemoved"]
     assert gone_at_kill + removed == len(doomed)
-    assert integrity_check(server.db_path) == "ok"
+    assert_file_intact(server)
     server.start()
     assert check(after_rerun=True) == len(doomed)
     print(f"\n[crash/gc] killed at {done:.0%}: {gone_at_kill} of {len(doomed)} unreferenced "
