@@ -54,9 +54,9 @@ def free_port() -> int:
 
 
 def run_oxsync(*args: str, env: dict | None = None, cwd=None, input: str | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess:
+               timeout: float = 60, command: list = OXSYNC) -> subprocess.CompletedProcess:
     """One oxsync command run to its end (text output); nothing is appended to `args`."""
-    return subprocess.run(OXSYNC + list(args), input=input, capture_output=True, text=True,
+    return subprocess.run(command + list(args), input=input, capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout, stdin=None if input else
                           subprocess.DEVNULL, check=False)
 
@@ -80,6 +80,8 @@ class Answer:
 
 class OxsyncServer:
     """One oxsync process; its store (SQLite file or `database_url`) outlives restarts."""
+
+    command = OXSYNC   # how oxsync is run (a subclass may run it another way)
 
     def __init__(self, workdir: Path, env: dict | None = None, args: tuple = (),
                  database_url: str | None = None):
@@ -107,7 +109,7 @@ class OxsyncServer:
 
     def serve_command(self, *args: str, listen: bool = True) -> list[str]:
         where = ["--listen", f"127.0.0.1:{self.port}"] if listen else []
-        return OXSYNC + ["serve", *where, *self.store_args(), *self.args, *args]
+        return self.command + ["serve", *where, *self.store_args(), *self.args, *args]
 
     def environment(self, changes: dict | None = None) -> dict:
         """self.env with `changes` applied (a value of None removes the variable)."""
@@ -212,7 +214,7 @@ class OxsyncServer:
         """An oxsync command on this server's store (`store=False`: as given, e.g. for
         verify-backup or a --db-path of the test's own)."""
         result = run_oxsync(*args, *(self.store_args() if store else ()), input=input,
-                            env=self.environment(env), cwd=self.workdir)
+                            env=self.environment(env), cwd=self.workdir, command=self.command)
         if check and result.returncode != 0:
             raise AssertionError(f"oxsync {' '.join(args)} exited {result.returncode}: "
                                  f"{result.stderr}")
@@ -220,7 +222,7 @@ class OxsyncServer:
 
     def cli_process(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         """An oxsync command on this store, started and left running (e.g. to kill it)."""
-        return subprocess.Popen(OXSYNC + list(args) + self.store_args(), cwd=self.workdir,
+        return subprocess.Popen(self.command + list(args) + self.store_args(), cwd=self.workdir,
                                 env=self.environment(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -1,5 +1,7 @@
 """Installing as Python users expect (issue 15): `pip install .` into a fresh venv gives an
-`oxsync` command, and the installed server finds its admin page under share/oxsync.
+`oxsync` command, the installed server finds its admin page under share/oxsync, and
+without the extras it syncs on SQLite with the standard library alone; a setting that
+needs a missing package gets one line naming the pip command.
 
 The checkout's files are copied first, so the build (setuptools writes build/ and
 *.egg-info/ beside the sources) never touches the checkout. Offline when this Python has
@@ -10,20 +12,17 @@ ordinary way, which fetches setuptools from PyPI.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, TEST_KEY, OxsyncServer, ns_path, one_error_line
 
 SOURCES = ["pyproject.toml", "README.md", "LICENSE", "oxsync.py", "admin.html"]
 PASSWORD = "install-test-password"
@@ -110,45 +109,54 @@ def test_metadata_has_the_extras(venv, tmp_path):
     assert meta["python"] == ">=3.11"
 
 
-def test_installed_server_serves_the_admin_page(venv, tmp_path):
+def installed_server(venv, workdir: Path, **env: str) -> OxsyncServer:
+    """A server run by the venv's `oxsync` command, in a clean environment (the venv has
+    neither cryptography nor psycopg: oxsync was installed without its extras)."""
+    workdir.mkdir()
+    server = OxsyncServer(workdir)
+    server.command = [str(venv / "bin" / "oxsync")]
+    server.env = clean_env(**env)
+    return server
+
+
+def test_installed_server_serves_the_admin_page_and_syncs_on_sqlite(venv, tmp_path):
     installed = venv / "share" / "oxsync" / "admin.html"
     assert installed.is_file(), "admin.html was not installed under share/oxsync"
     page = (ROOT / "admin.html").read_bytes()
     assert installed.read_bytes() == page
-    workdir = tmp_path / "run"  # no admin.html here or beside the installed module
-    workdir.mkdir()
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [str(venv / "bin" / "oxsync"), "serve", "--listen", f"127.0.0.1:{port}",
-             "--db-path", str(tmp_path / "data" / "sync.db")],
-            cwd=workdir, env=clean_env(ADMIN_PASSWORD=PASSWORD), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    # No admin.html in the working folder or beside the installed module.
+    server = installed_server(venv, tmp_path / "run", ADMIN_PASSWORD=PASSWORD).start()
     try:
-        status, content_type, body = None, "", b""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/admin")
-                response = connection.getresponse()
-                status, content_type, body = (response.status,
-                                              response.getheader("Content-Type", ""),
-                                              response.read())
-                connection.close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        assert status == 200, (status, body[:200], log_path.read_text())
-        assert content_type.startswith("text/html"), content_type
-        assert body == page
+        answer = server.request("GET", "/admin")
+        assert answer.status == 200, answer
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert answer.body == page
+        # The standard library alone is enough for sync on SQLite.
+        token = server.create_token()
+        stored = server.request("PUT", ns_path("install/check", "metadata"), token=token,
+                                body={"format": "structured-v2", "revision": "r1"})
+        assert stored.status == 200, stored
+        read = server.request("GET", ns_path("install/check", "metadata"), token=token)
+        assert read.json["revision"] == "r1" and read.json["etag"] == stored.json["etag"]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            assert server.wait(15) == 0, log_path.read_text()
-        finally:
-            if server.poll() is None:
-                server.kill()
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()
+        assert server.stop() == 0, server.log()
+    server.assert_log_clean()
+
+
+def test_an_encryption_key_without_cryptography_is_one_line_naming_the_pip_command(
+        venv, tmp_path):
+    server = installed_server(venv, tmp_path / "run", ENCRYPTION_KEY=TEST_KEY)
+    one_error_line(server.serve_once(), "ENCRYPTION_KEY", "cryptography",
+                   "pip install cryptography", code=2)
+    assert not server.db_path.exists(), "a store was created for a server that cannot start"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["token", "list"], ["gc"]],
+                         ids=lambda command: "-".join(command))
+def test_a_database_url_without_psycopg_is_one_line_naming_the_pip_command(
+        venv, tmp_path, command):
+    server = installed_server(venv, tmp_path / "run")
+    server.database_url = "postgresql://oxsync:pw-never-shown@127.0.0.1:1/oxsync"
+    result = server.cli(*command, check=False)
+    line = one_error_line(result, "psycopg", "pip install 'psycopg[binary]'", code=2)
+    assert "pw-never-shown" not in result.stdout + line
