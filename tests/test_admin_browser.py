@@ -12,7 +12,6 @@ Run just these: python3 -m pytest -m browser
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import http.client
 import http.server
@@ -21,16 +20,14 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
 
-from conftest import ROOT, TEST_KEY, OxsyncServer
+from conftest import ROOT, TEST_KEY
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -260,52 +257,6 @@ def ui(browser, make_server):
         view.assert_clean()
 
 
-# -- issue 15: the page never surprises the operator ---------------------------------------
-# Parts of issue 15 land on the server side on their own. The page works without them; the
-# few tests that check what only a newer server answers are skipped, by name, until then.
-
-@functools.lru_cache(maxsize=None)
-def server_answers() -> dict:
-    """The field names the server under test answers with (one probe server per worker)."""
-    with tempfile.TemporaryDirectory() as directory:
-        server = OxsyncServer(Path(directory), ADMIN_ENV).start()
-        try:
-            token = server.create_token(name="probe")
-            put_manifest(server.port, NS, token, "rev-1", connections=1)
-            login = server.request("POST", "/admin/api/login",
-                                   {"username": "admin", "password": PASSWORD})
-            assert login.status == 200, login
-            cookie = "; ".join(value.split(";")[0]
-                               for value in login.headers.get_all("Set-Cookie") or [])
-
-            def get(path):
-                answer = server.request("GET", "/admin/api" + path, headers={"Cookie": cookie})
-                assert answer.status == 200, answer
-                return answer.json
-
-            history = get(f"/namespaces/{quote(NS, safe='')}/history")["versions"]
-            return {"namespace": set(get("/namespaces")["namespaces"][0]),
-                    "stats": set(get("/stats")), "version": set(history[0])}
-        finally:
-            server.stop()
-
-
-def server_lacks(kind: str, field: str) -> bool:
-    return field not in server_answers()[kind]
-
-
-# String conditions: evaluated when such a test is about to run, so the probe server
-# starts only when one of these is selected.
-NEEDS_SNAPSHOT_HISTORY_SIZES = pytest.mark.skipif(
-    "server_lacks('namespace', 'snapshotHistoryBytes')"
-    " or server_lacks('stats', 'snapshotHistoryBytes')",
-    reason="the server's namespace list and stats lack snapshotHistoryBytes "
-           "(issue 15, server side)")
-NEEDS_HISTORY_TOKEN_NAMES = pytest.mark.skipif(
-    "server_lacks('version', 'tokenName') or server_lacks('version', 'sectionRevisions')",
-    reason="the server's history entries lack tokenName and what changed (issue 15, server side)")
-
-
 # -- the file itself ----------------------------------------------------------------------
 
 class PageParser(HTMLParser):
@@ -447,7 +398,7 @@ def change_own_password(view, new_password="a brand new password"):
     expect(page.locator("#password-dialog")).to_be_hidden()
 
 
-def test_change_password(ui):
+def test_password_dialog_shows_each_error_at_its_field(ui):
     view = ui().open().login()
     page = view.page
     page.click("#change-password-button")
@@ -646,7 +597,6 @@ def test_api_values_are_shown_as_text(ui):
 
 # -- namespaces: history and rollback, purge, cleanup ---------------------------------------
 
-@NEEDS_HISTORY_TOKEN_NAMES
 def test_history_timeline_and_rollback(ui):
     view = ui()
     port = view.server.port
@@ -814,7 +764,7 @@ def test_purge_names_what_it_destroys_and_cleanup_runs(ui):
 
 # -- conflicts, users, overview -------------------------------------------------------------
 
-def test_conflicts_tab_lists_412s(ui):
+def test_conflicts_tab_lists_each_412_with_its_remote_etag(ui):
     view = ui()
     port = view.server.port
     token = view.server.create_token()
@@ -849,7 +799,7 @@ def focused(page) -> dict:
     return page.evaluate(FOCUSED)
 
 
-def test_users_tab(ui):
+def test_users_tab_offers_no_self_lockout_and_manages_other_users(ui):
     view = ui().open().login().tab("users")
     page = view.page
     # your own row: no Disable or Delete (the server refuses both: a lock-out), marked "you"
@@ -938,7 +888,6 @@ SUM_OF_PARTS = """(row) => ['Snapshot', 'Snapshot history', 'Objects'].map((labe
   return node ? Number(node.dataset.bytes) : 0; }).reduce((a, b) => a + b, 0)"""
 
 
-@NEEDS_SNAPSHOT_HISTORY_SIZES
 def test_sizes_add_up_and_a_deleted_namespace_reads_well(ui):
     """Every namespace's parts add up to its total, the Overview's "Stored data" is the sum of
     all, and the delete dialog counts the snapshot and its kept history (never "0 objects")."""

@@ -166,7 +166,7 @@ def send(server, method, path, body, headers):
 
 @pytest.mark.parametrize("method, path, body, headers, status, code", BAD_CASES)
 @pytest.mark.sqlite_only   # compares the database file's rows
-def test_bad_request(shared, method, path, body, headers, status, code):
+def test_a_malformed_request_gets_its_json_error_and_stores_nothing(shared, method, path, body, headers, status, code):
     before = db_snapshot(shared)
     answer = send(shared, method, path, body, headers)
     assert_json_error(answer, status, code=code)
@@ -257,7 +257,7 @@ def test_too_large_beyond_the_disk_is_still_413(shared, rest, extra):
 @pytest.mark.parametrize("value", ["-1", "abc", "1e3", " 12 x", "0x10", "+5", "1 2", "1.0",
                                    "９"])
 @pytest.mark.sqlite_only   # compares the database file's rows
-def test_bad_content_length(shared, value):
+def test_a_malformed_content_length_is_400_and_stores_nothing(shared, value):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Content-Length", value)])
@@ -265,7 +265,7 @@ def test_bad_content_length(shared, value):
     assert db_snapshot(shared) == before
 
 
-def test_two_content_lengths(shared):
+def test_two_different_content_lengths_are_400(shared):
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Content-Length", "1"), ("Content-Length", "2")])
     assert_json_error(raw_request(shared.port, head + b"xy"), 400, code="bad_request")
@@ -285,7 +285,7 @@ def chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
 
 
-def test_chunked_uploads_work(shared):
+def test_chunked_uploads_of_each_kind_are_stored_whole(shared):
     namespace = "chunked/ok"
     raw_ns = quote(namespace, safe="")
     cases = [("objects/structured/a.json", [], b'{"a": 1}', 201),
@@ -311,7 +311,7 @@ def test_chunked_uploads_work(shared):
                          ids=["letters", "negative", "empty", "data-longer-than-size",
                               "huge-size"])
 @pytest.mark.sqlite_only   # compares the database file's rows
-def test_bad_chunked_bodies(shared, body):
+def test_a_malformed_chunked_body_is_400_and_stores_nothing(shared, body):
     before = db_snapshot(shared)
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/objects/a.json",
                         [("Transfer-Encoding", "chunked")])
@@ -340,7 +340,7 @@ def test_content_length_and_transfer_encoding(shared):
 
 
 @pytest.mark.sqlite_only   # compares the database file's rows
-def test_expect_100_continue(shared):
+def test_expect_100_continue_gets_100_before_the_body_is_sent(shared):
     """A client that waits for 100 Continue gets it, or the refusal before sending its body."""
     path = f"/v1/namespaces/{NS_RAW}/objects/expect/a.json"
     head = request_head(shared, "PUT", path, [("Content-Length", "5"),
@@ -365,7 +365,7 @@ def test_expect_100_continue(shared):
 
 @pytest.mark.parametrize("name", ["X-OxideTerm-Revision", "X-OxideTerm-Device-Id"])
 @pytest.mark.sqlite_only   # compares the database file's rows
-def test_header_that_is_not_utf8(shared, name):
+def test_a_header_that_is_not_utf8_is_400_naming_it(shared, name):
     before = db_snapshot(shared)
     fields = {"X-OxideTerm-Revision": b"r", "Content-Length": b"4", name: b"\xff\xfe"}
     head = request_head(shared, "PUT", f"/v1/namespaces/{NS_RAW}/blob", [])[:-2] + \

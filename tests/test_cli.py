@@ -41,7 +41,7 @@ def put_blob(server, token, data, namespace=NS):
 
 # -- help and version --------------------------------------------------------------------------
 
-def test_help_of_every_command():
+def test_every_command_and_subcommand_has_help():
     top = run_oxsync("--help")
     assert top.returncode == 0 and top.stdout.startswith("usage:"), top
     commands = commands_in(top.stdout)
@@ -72,7 +72,7 @@ def test_help_of_every_command():
         assert flag in serve_help, flag
 
 
-def test_version():
+def test_version_prints_the_version_number():
     result = run_oxsync("--version")
     assert result.returncode == 0, result
     assert re.fullmatch(r"oxsync \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
@@ -157,7 +157,7 @@ def namespaces(server) -> dict[str, dict]:
             json.loads(server.cli("namespace", "list", "--json").stdout)}
 
 
-def test_namespace_lifecycle(server, token):
+def test_namespace_commands_create_list_delete_restore_and_purge(server, token):
     keep = "team/keep"
     assert server.request("PUT", object_path(NS, "structured/a.json"), b"object",
                           token=token).status == 201

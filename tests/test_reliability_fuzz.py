@@ -438,13 +438,36 @@ def test_duplicate_keys_in_metadata_are_refused(live, key, first, second, top):
     assert answer.status == 400, (body, answer)
 
 
+def acceptable_metadata(body: bytes) -> bool:
+    """What PROTOCOL.md asks of a metadata body: strict JSON (UTF-8, no duplicate keys, no
+    NaN or Infinity), an object, with a non-empty string 'revision'."""
+    def no_duplicates(pairs):
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    def refuse(name):
+        raise ValueError(name)
+    try:
+        value = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates,
+                           parse_constant=refuse)
+    except ValueError:   # UnicodeDecodeError is one
+        return False
+    return isinstance(value, dict) and isinstance(value.get("revision"), str) and \
+        value["revision"] != ""
+
+
 @FAST
-@given(body=st.one_of(st.binary(max_size=200), json_values.map(
-    lambda v: json.dumps(v).encode()), st.text(max_size=50).map(str.encode)))
-def test_random_bodies_as_metadata_get_200_or_400(live, body):
+@given(body=st.one_of(
+    st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
+    st.text(max_size=50).map(str.encode),
+    st.builds(lambda d, r: json.dumps({**d, "revision": r}).encode(),
+              st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+              st.one_of(st.text(max_size=5), st.integers(), st.none()))))
+def test_random_bodies_as_metadata_are_stored_exactly_when_valid(live, body):
     answer = live.request("PUT", META_URL, body=body,
                           headers={"Content-Type": "application/json"})
-    assert answer.status in (200, 400), (body, answer)
+    assert answer.status == (200 if acceptable_metadata(body) else 400), (body, answer)
 
 
 def test_lone_surrogate_escape_in_metadata_is_refused_or_kept(live):
