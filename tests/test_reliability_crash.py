@@ -27,7 +27,7 @@ from _reliability import (
 )
 from conftest import TEST_KEY, db_rows, ns_path, object_path, workers
 
-BOTH_STORES = True
+BOTH_STORES = True  # every test here runs on SQLite and on PostgreSQL (conftest)
 
 NS = "crash/test"
 BIG = 32 * MiB
