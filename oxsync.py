@@ -1569,6 +1569,32 @@ def copy_store(source: "Store", target: "Store") -> dict[str, int]:
     return counts
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder by name (a folder's fsync makes its entries durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def publish_durably(partial: str, target: str) -> None:
+    """Give the finished file `partial` the name `target` so that a power cut leaves
+    either the old `target` or the whole new one: POSIX promises neither the bytes nor
+    the rename until the file and then its folder are fsynced."""
+    fsync_path(partial)
+    os.replace(partial, target)
+    fsync_path(os.path.dirname(os.path.abspath(target)))
+
+
+def write_durably(path: str, data: bytes) -> None:
+    """Write a small file (a sidecar) whole or not at all, durably."""
+    partial = path + ".partial"
+    with open(partial, "wb") as file:
+        file.write(data)
+    publish_durably(partial, path)
+
+
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
