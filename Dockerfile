@@ -18,7 +18,8 @@ FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 # The versions the test suite runs with; override with --build-arg CRYPTOGRAPHY_VERSION=...
 # psycopg is imported only when DATABASE_URL names a PostgreSQL database
@@ -30,8 +31,9 @@ RUN pip install --no-cache-dir "cryptography==${CRYPTOGRAPHY_VERSION}" \
 
 # A fixed non-root uid/gid (10001), so the volume's owner is predictable on the host:
 # for a bind mount instead of the named volume, chown -R 10001:10001 the host folder.
-RUN groupadd --system --gid 10001 oxsync \
- && useradd --system --uid 10001 --gid oxsync --no-create-home --home-dir /nonexistent \
+# (Not --system: system ids end at 999, and useradd warns about 10001 on every build.)
+RUN groupadd --gid 10001 oxsync \
+ && useradd --uid 10001 --gid oxsync --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin oxsync \
  && mkdir -p /app /data \
  && chown oxsync:oxsync /data \

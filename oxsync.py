@@ -241,6 +241,11 @@ def parse_database_url(value: str) -> str | None:
     return value
 
 
+# The reference server's STORE_METADATA_* settings: which client-supplied metadata
+# fields are stored at all, for operators who want less of it on their server.
+METADATA_FIELD_SETTINGS = {"REVISION": "revision", "UPLOADED_AT": "uploadedAt",
+                           "DEVICE_ID": "deviceId", "CONTENT_HASH": "contentHash"}
+
 STORE_OPTIONS = [
     Option("DB_PATH", "--db-path", parse_path, "/data/sync.db", "SQLite database file"),
     Option("DATABASE_URL", "--database-url", parse_database_url, "",
@@ -296,7 +301,9 @@ SERVER_OPTIONS = STORE_OPTIONS + [
     Option("LOG_LEVEL", "--log-level", parse_log_level, "info",
            "trace, debug, info, warn or error (RUST_LOG is accepted too)"),
     Option("LOG_FORMAT", "--log-format", parse_log_format, "text", "text or json"),
-]
+] + [Option(f"STORE_METADATA_{name}", f"--store-metadata-{name.lower().replace('_', '-')}",
+            parse_bool, "true", f"keep the metadata field {field} (false: never stored)")
+     for name, field in METADATA_FIELD_SETTINGS.items()]
 
 
 def read_dotenv(path: str = ".env") -> dict[str, str]:
@@ -383,6 +390,16 @@ class Config:
     redirect_http: int | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    store_metadata_revision: bool = True
+    store_metadata_uploaded_at: bool = True
+    store_metadata_device_id: bool = True
+    store_metadata_content_hash: bool = True
+
+    @property
+    def unkept_metadata_fields(self) -> tuple[str, ...]:
+        """The metadata fields STORE_METADATA_*=false says never to store."""
+        return tuple(field for name, field in METADATA_FIELD_SETTINGS.items()
+                     if not getattr(self, f"store_metadata_{name.lower()}"))
 
 
 # ---------------------------------------------------------------------------
@@ -1377,19 +1394,28 @@ def rollback_blob(tx: Records, namespace: str, seq: int, now: float, keep: int,
     tx.save_metadata(namespace, metadata, now)
     log.info("namespace %r snapshot rolled back to version %d", namespace, seq)
     return {"ok": True, "rolledBackToBlob": seq, "etag": metadata["etag"],
-            "revision": metadata["revision"]}
+            "revision": metadata.get("revision")}
 
 
 def set_blob_metadata(metadata: dict, *, revision, digest, size, uploaded, content_type,
                       device_id, section_revisions) -> None:
-    """The metadata fields a snapshot owns; format, sections and scope are kept."""
-    metadata.update(exists=True, revision=revision, etag=new_etag(), contentHash=digest,
-                    uploadedAt=rfc3339(uploaded), contentLength=size)
-    for key, value in (("contentType", content_type), ("deviceId", device_id),
+    """The metadata fields a snapshot owns; format, sections and scope are kept. A field
+    with no value (not sent, or not stored: STORE_METADATA_*) is left out, never null."""
+    metadata.update(exists=True, etag=new_etag(), uploadedAt=rfc3339(uploaded),
+                    contentLength=size)
+    for key, value in (("revision", revision), ("contentHash", digest),
+                       ("contentType", content_type), ("deviceId", device_id),
                        ("sectionRevisions", section_revisions)):
         metadata.pop(key, None)
-        if value is not None:
+        if value is not None and value != "":
             metadata[key] = value
+
+
+def drop_unkept(metadata: dict, unkept: tuple[str, ...]) -> dict:
+    """Leave out the fields STORE_METADATA_*=false says never to store."""
+    for field in unkept:
+        metadata.pop(field, None)
+    return metadata
 
 
 def collect_garbage(store: "Store", retention: int, now: float | None = None) -> dict | None:
@@ -3577,8 +3603,9 @@ def conflict_or_none(tx: Records, request, conditions, namespace: str, operation
                          current_revision)
 
 
-def write_answer(metadata: dict) -> Response:
-    answer = {"ok": True, "revision": metadata.get("revision"), "etag": metadata["etag"]}
+def write_answer(metadata: dict, revision: str) -> Response:
+    """The write's answer; `revision` is the one sent (it may not be stored)."""
+    answer = {"ok": True, "revision": revision, "etag": metadata["etag"]}
     if "sectionRevisions" in metadata:
         answer["sectionRevisions"] = metadata["sectionRevisions"]
     return json_response(answer, headers=[("ETag", quote_etag(metadata["etag"]))])
@@ -3638,11 +3665,12 @@ def put_metadata(request, ns):
             metadata["contentLength"] = previous.get("contentLength", 0)
             if "contentHash" in previous:
                 metadata["contentHash"] = previous["contentHash"]
+            drop_unkept(metadata, app.config.unkept_metadata_fields)
             tx.save_metadata(ns, metadata, now)
             tx.record_manifest(ns, metadata, now, request.token_id)
     if conflict:
         raise conflict
-    return write_answer(metadata)
+    return write_answer(metadata, revision)
 
 
 @route("GET", "/v1/namespaces/{ns}/blob")
@@ -3688,18 +3716,23 @@ def put_blob(request, ns):
                                     current_revision=metadata.get("revision"),
                                     revision=revision, device_id=device_id)
         if conflict is None:
-            set_blob_metadata(metadata, revision=revision, digest=digest, size=size,
-                              uploaded=now, content_type=content_type, device_id=device_id,
+            kept = drop_unkept({"revision": revision, "deviceId": device_id,
+                                "contentHash": digest}, app.config.unkept_metadata_fields)
+            set_blob_metadata(metadata, revision=kept.get("revision"),
+                              digest=kept.get("contentHash"), size=size, uploaded=now,
+                              content_type=content_type, device_id=kept.get("deviceId"),
                               section_revisions=section_revisions)
+            drop_unkept(metadata, app.config.unkept_metadata_fields)
             tx.save_metadata(ns, metadata, now)
             tx.keep_blob_version(ns, app.config.blob_history)
             sections = metadata.get("sectionRevisions")
-            tx.put_blob(ns, now, tx.store_payload(stored, key_id), revision, device_id,
+            tx.put_blob(ns, now, tx.store_payload(stored, key_id), kept.get("revision"),
+                        kept.get("deviceId"),
                         None if sections is None else json_body(sections).decode(),
-                        content_type, size, digest)
+                        content_type, size, kept.get("contentHash", ""))
     if conflict:
         raise conflict
-    return write_answer(metadata)
+    return write_answer(metadata, revision)
 
 
 @route("GET", "/v1/namespaces/{ns}/objects/{path*}")
@@ -3849,9 +3882,12 @@ def set_admin_password(store: Store, username: str, password: str) -> str:
     password_hash, now = hash_password(check_password_strength(password)), time.time()
     with store.write() as tx:
         tx.lock_admin_users()
-        if not tx.insert_admin_user(username, password_hash, now):
-            tx.set_admin_user(username, password_hash=password_hash, enabled=True, now=now)
-    return "reset" if row else "created"
+        if tx.insert_admin_user(username, password_hash, now):
+            return "created"
+        if row is None:  # another process starting beside this one created it meanwhile
+            return "unchanged"
+        tx.set_admin_user(username, password_hash=password_hash, enabled=True, now=now)
+    return "reset"
 
 
 def apply_admin_password(store: Store, username: str, password: str) -> str:
@@ -5304,6 +5340,23 @@ LEGACY_FLAGS = {"--backup-to": ["backup", "--to"], "--restore-from": ["restore",
                 "--verify-backup": ["verify-backup"]}
 
 
+LEGACY_ENVIRONMENT = {"BACKUP_TO": "--backup-to", "RESTORE_FROM": "--restore-from",
+                      "VERIFY_BACKUP": "--verify-backup"}
+
+
+def legacy_environment(argv: list[str]) -> list[str]:
+    """BACKUP_TO, RESTORE_FROM or VERIFY_BACKUP set for a run that would serve: the
+    reference's one-shot maintenance runs (how Docker users run them), as their flags."""
+    if argv and argv[0] != "serve" and not argv[0].startswith("-"):
+        return argv  # an explicit command other than serve
+    environment = {**read_dotenv(), **os.environ}
+    chosen = [f"{flag}={environment[name].strip()}" for name, flag in LEGACY_ENVIRONMENT.items()
+              if environment.get(name, "").strip()]
+    if len(chosen) > 1:
+        raise ConfigError("set only one of BACKUP_TO, RESTORE_FROM and VERIFY_BACKUP")
+    return chosen + argv
+
+
 def rewrite_legacy_flags(argv: list[str]) -> list[str]:
     for index, arg in enumerate(argv):
         flag, equals, value = arg.partition("=")
@@ -5438,7 +5491,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = rewrite_legacy_flags(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = rewrite_legacy_flags(legacy_environment(argv))
+    except ConfigError as error:
+        print(f"oxsync: {error}", file=sys.stderr)
+        return 2
     parser = build_parser()
     known = parser.get_default("command_names")
     if not argv or (argv[0] not in known and argv[0] not in ("-h", "--help", "--version")):

@@ -511,6 +511,21 @@ def test_scale_out_compose_file_runs_two_processes_behind_the_tested_nginx_confi
     assert sorted(upstreams) == [(name, "8730") for name in sorted(processes)], upstreams
 
 
+def test_scale_out_health_check_asks_the_port_of_listen_addr(server):
+    """The compose file's health check runs in the oxsync container, where LISTEN_ADDR may
+    name another port than 8730: it must ask that one (and fail when nothing answers)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.postgres.yml").read_text())
+    test = compose["services"]["oxsync1"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "python", test
+    check = [sys.executable] + test[2:]
+    env = minimal_env(LISTEN_ADDR=f"0.0.0.0:{server.port}")
+    healthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=15)
+    assert healthy.returncode == 0, healthy.stderr
+    env["LISTEN_ADDR"] = f"0.0.0.0:{free_port()}"
+    unhealthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=15)
+    assert unhealthy.returncode != 0
+
+
 def read_env_example() -> list[tuple[str, str, list[str]]]:
     """(KEY, value, comment lines just above it) for every KEY=VALUE line."""
     entries, comments = [], []

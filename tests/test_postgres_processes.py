@@ -227,7 +227,9 @@ def test_processes_starting_together_migrate_once_and_older_code_refuses_newer(t
     for server in servers:
         server.stop()
     migrated = [server.log().count("database schema migrated to version") for server in servers]
-    assert sorted(migrated) == [0, 3], migrated  # one process did all three steps
+    assert min(migrated) == 0 and max(migrated) > 0, migrated  # one process did every step
+    created = [server.log().count("created from ADMIN_PASSWORD") for server in servers]
+    assert sorted(created) == [0, 1], created  # the admin user is made once, and said once
     import psycopg
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("UPDATE oxsync_schema SET version = 99")
