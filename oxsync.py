@@ -1779,6 +1779,10 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot create the database folder {self.local_dir}: "
                              f"{error.strerror}; choose another --db-path") from None
         self._write_lock = threading.Lock()
+        # Group commit (see durable()): commits made, commits an fsync has covered.
+        self._commits = self._durable_through = 0
+        self._syncing, self._synced = False, threading.Condition()
+        self._wal_inode = None  # the WAL whose folder entry has been fsynced
         self._readers: list[sqlite3.Connection] = []
         self._writer = self._connect()
         migrate(self)
@@ -1892,7 +1896,7 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def write(self):
-        """The one write transaction (BEGIN IMMEDIATE)."""
+        """The one write transaction (BEGIN IMMEDIATE); it ends once the commit is durable."""
         with self._write_lock, self._errors():
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
@@ -1904,6 +1908,55 @@ class SQLiteStore(Store):
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+            self._commits += 1
+            commit = self._commits
+        self.durable(commit)
+
+    def durable(self, commit: int | None = None) -> None:
+        """Return once an fsync of the WAL has covered commit number `commit` (default:
+        every commit so far): group commit.
+
+        SQLite runs with synchronous = NORMAL, so a COMMIT only writes the WAL; the
+        writer lock is let go before the fsync, and the next writers commit while it
+        runs. One thread syncs at a time and takes along every commit made before it
+        started; the others wait for a sync that covers theirs. That keeps SQLite's
+        NORMAL consistency (a checkpoint syncs the WAL before it copies pages into the
+        database, and syncs the database before the WAL starts over), and adds what
+        NORMAL lacks: no answer before the commit's WAL frames are on disk."""
+        commit = self._commits if commit is None else commit
+        with self._synced:
+            while self._durable_through < commit:
+                if self._syncing:
+                    self._synced.wait()
+                    continue
+                self._syncing, covers = True, self._commits
+                self._synced.release()
+                try:
+                    self._sync_wal()
+                finally:
+                    self._synced.acquire()
+                    self._syncing = False
+                    self._synced.notify_all()
+                self._durable_through = max(self._durable_through, covers)
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL, and its folder when the WAL is a new file (its name is durable
+        only then). Opened by name each time: SQLite deletes the WAL when the last
+        connection closes, and a later one makes a new file."""
+        try:
+            descriptor = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            fsync_path(self.path)  # no WAL: every commit is in the database file
+            fsync_path(self.local_dir)
+            return
+        try:
+            os.fsync(descriptor)
+            inode = os.fstat(descriptor).st_ino
+        finally:
+            os.close(descriptor)
+        if inode != self._wal_inode:
+            fsync_path(self.local_dir)  # the database file's own name too, on first use
+            self._wal_inode = inode
 
     @contextlib.contextmanager
     def _errors(self):
@@ -1975,10 +2028,14 @@ class SQLiteStore(Store):
         with self._write_lock:
             self._writer.execute("VACUUM")
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._commits += 1
+        self.durable()
 
     def release_free_pages(self) -> None:
         with self._write_lock:
             self._writer.execute("PRAGMA incremental_vacuum")
+            self._commits += 1
+        self.durable()
 
     def checkpoint(self, final: bool = False) -> None:
         """Copy the WAL into the database: PASSIVE (never waits for readers or the writer)
