@@ -1587,6 +1587,18 @@ def publish_durably(partial: str, target: str) -> None:
     fsync_path(os.path.dirname(os.path.abspath(target)))
 
 
+def make_folder_durably(folder: str, mode: int = 0o777) -> None:
+    """os.makedirs(folder, mode, exist_ok=True), and each folder it makes is fsynced into
+    its parent: a file published in a new folder is lost with the folder's name."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        return
+    make_folder_durably(os.path.dirname(folder))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, mode)
+    fsync_path(os.path.dirname(folder))
+
+
 def write_durably(path: str, data: bytes) -> None:
     """Write a small file (a sidecar) whole or not at all, durably."""
     partial = path + ".partial"
@@ -1612,17 +1624,16 @@ def backup_database(store: "Store", target: str) -> str:
             raise StoreError(f"{target} is the live database itself; back up to another file")
     partial = target + ".partial"
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), mode=0o700, exist_ok=True)
+        make_folder_durably(os.path.dirname(os.path.abspath(target)), mode=0o700)
         for leftover in (partial, partial + "-wal", partial + "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
         store.copy_to_file(partial)
         with contextlib.closing(sqlite3.connect(partial)) as copy:
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        os.replace(partial, target)
-        digest = file_sha256(target)
-        with open(target + ".sha256", "w") as sidecar:
-            sidecar.write(f"{digest}  {os.path.basename(target)}\n")
+        digest = file_sha256(partial)
+        publish_durably(partial, target)
+        write_durably(target + ".sha256", f"{digest}  {os.path.basename(target)}\n".encode())
     except (OSError, sqlite3.Error) as error:
         with contextlib.suppress(OSError):
             os.remove(partial)
@@ -1671,10 +1682,13 @@ def restore_database(source: str, target: str, force: bool) -> None:
                              uri=True)
     live = sqlite3.connect(target, timeout=30)
     try:
+        live.execute("PRAGMA synchronous = EXTRA")  # EXTRA: the journal's deletion is durable
         backup.backup(live)
     finally:
         live.close()
         backup.close()
+    fsync_path(target)  # a new file's name too: closing checkpointed and removed the WAL
+    fsync_path(os.path.dirname(os.path.abspath(target)))
 
 
 # -- the stores: what differs between SQLite and PostgreSQL lives below ----------
@@ -1774,7 +1788,7 @@ class SQLiteStore(Store):
         self._autocheckpoint = self.WAL_RESTART_FRAMES if serving else 1000
         self.local_dir = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(self.local_dir, exist_ok=True)
+            make_folder_durably(self.local_dir)
         except OSError as error:
             raise StoreError(f"cannot create the database folder {self.local_dir}: "
                              f"{error.strerror}; choose another --db-path") from None
