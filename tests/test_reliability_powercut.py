@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ import pytest
 
 from conftest import (OXSYNC, SNAPSHOT_TYPE, AdminClient, OxsyncServer, db_rows, ns_path,
                       object_path, quoted)
-from _reliability import assert_payload_rows_whole, integrity_check
+from _reliability import assert_payload_rows_whole, integrity_check, key_id
 
 FS_SCRIPT = Path(__file__).with_name("_powercut_fs.py")
 PASSWORD = "powercut admin password"
@@ -401,13 +402,287 @@ def power_cut_cycles(disk, tmp_path, cuts: int, name: str) -> None:
 
 @pytest.mark.parametrize("half", ["a", "b"])
 def test_acknowledged_writes_survive_power_cuts(disk, tmp_path, half):
-    """Two halves (one per xdist worker): 2 x 40 cuts at random moments."""
+    """Two halves (one per xdist worker) of 40 cuts each, at random moments."""
     power_cut_cycles(disk, tmp_path, 40, f"sync-{half}")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(0)
-def test_acknowledged_writes_survive_a_thousand_power_cuts(disk, tmp_path, request):
+@pytest.mark.parametrize("half", ["a", "b"])
+def test_acknowledged_writes_survive_a_thousand_power_cuts(disk, tmp_path, request, half):
     if "slow" not in (request.config.option.markexpr or ""):
         pytest.skip("1,000 power cuts take a while: select them with -m slow")
-    power_cut_cycles(disk, tmp_path, 1000, "sync-slow")
+    power_cut_cycles(disk, tmp_path, 500, f"slow-{half}")
+
+
+# -- operator commands cut part-way ---------------------------------------------------------
+
+KEY_1, KEY_2 = "a1" * 32, "b2" * 32
+OPERATOR_CUTS = 5  # per command; each starts from a fresh copy of the same store
+
+
+def store_fingerprint(path) -> dict:
+    """table -> SHA-256 of its rows, for every table of an oxsync SQLite file."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        tables = [row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        digests = {}
+        for table in tables:
+            digest = hashlib.sha256()
+            for row in db.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
+                digest.update(repr(tuple(row)).encode())
+            digests[table] = digest.hexdigest()
+        return digests
+
+
+def place_durably(source: Path, target: Path) -> None:
+    """Copy a stopped store's file onto the disk, durably (the state before a command)."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{target}{suffix}")
+    shutil.copyfile(source, target)
+    for path in (target, target.parent):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def payload_keys(path) -> dict:
+    """key id (None: plaintext) -> payload rows, and the key settings."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        keys = dict(db.execute("SELECT key_id, count(*) FROM payloads GROUP BY key_id"))
+        settings = dict(db.execute("SELECT key, value FROM settings"))
+    return {"keys": keys, "key_id": settings.get("key_id"),
+            "rotating": settings.get("rotation_target")}
+
+
+def prepared_store(tmp_path: Path, key: str | None) -> tuple[Path, dict]:
+    """A stopped store off the disk with snapshots, objects (some past retention and
+    unreferenced) and history -> (its file, what a reader must get back)."""
+    server = OxsyncServer(tmp_path / "prepared", {"ENCRYPTION_KEY": key} if key else {})
+    server.workdir.mkdir()
+    server.start()
+    token = server.create_token()
+    expected, conn = {}, server.connect()
+    for number in range(12):
+        ns = f"ops/n{number}"
+        sections = {}
+        for index in range(3):
+            path = f"s{index}/rev{number}.json"
+            expected[object_path(ns, path)] = os.urandom(6000)
+            sections[f"s{index}"] = {"revision": f"rev{number}", "path": path}
+            assert server.request("PUT", object_path(ns, path), expected[object_path(ns, path)],
+                                  token=token, connection=conn).status == 201
+            assert server.request("PUT", object_path(ns, f"old/{index}.json"), os.urandom(9000),
+                                  token=token, connection=conn).status == 201
+        expected[ns_path(ns, "blob")] = os.urandom(30000)
+        assert server.request("PUT", ns_path(ns, "blob"), expected[ns_path(ns, "blob")],
+                              {"X-OxideTerm-Revision": f"b{number}"}, token=token,
+                              connection=conn).status == 200
+        assert server.request("PUT", ns_path(ns, "metadata"), {
+            "format": "structured-v2", "revision": f"m{number}", "sections": sections},
+            token=token, connection=conn).status == 200
+    conn.close()
+    server.stop()
+    expected["token"] = token
+    return server.db_path, expected
+
+
+HOLD_CONNECTION = """import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("SELECT count(*) FROM settings").fetchone()
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def connection_held(path):
+    """Another process with a connection open on the store, killed on leaving."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CONNECTION, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"open\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+class CommandCut:
+    """One operator command run on the disk and cut at a random moment: part-way, or just
+    after it exited 0 (always so the first time: that also times a whole run)."""
+
+    def __init__(self, disk: PowerCutDisk, tmp_path: Path, rng: random.Random):
+        self.disk, self.rng = disk, rng
+        self.server = server_on(disk, tmp_path)
+        self.durations: dict[str, float] = {}  # command -> seconds a whole run took
+
+    def run(self, *args: str, env: dict | None = None, serving: bool = False) -> bool:
+        """-> whether the command exited 0 before the power went. `serving`: as if a server
+        ran on the store meanwhile (and died with the power): a process keeps a connection
+        open, so the command's own is not the last one (closing the last one checkpoints
+        the WAL into the database, durably, whatever the command did)."""
+        with contextlib.ExitStack() as stack:
+            if serving:
+                stack.enter_context(connection_held(self.server.db_path))
+            finished = self.run_and_kill(args, env)
+        self.disk.cut()
+        return finished
+
+    def run_and_kill(self, args, env) -> bool:
+        started = time.monotonic()
+        process = subprocess.Popen(OXSYNC + list(args) + self.server.store_args(),
+                                   env=self.server.environment(env), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, start_new_session=True)
+        wait = None
+        if args[0] in self.durations and self.rng.random() < 0.7:
+            wait = self.rng.uniform(0.1, 1.1) * self.durations[args[0]]
+        try:
+            _, stderr = process.communicate(timeout=wait)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+        if process.returncode == 0 and wait is None:
+            self.durations[args[0]] = time.monotonic() - started
+        assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+        assert process.returncode in (0, -signal.SIGKILL), stderr.decode(errors="replace")
+        return process.returncode == 0
+
+    def finish(self, *args: str, env: dict | None = None) -> None:
+        """Run a command to its end (no cut): e.g. a resumable one after a cut."""
+        self.server.cli(*args, env=env)
+
+
+def file_verifies(path: Path) -> bool:
+    """verify-backup's checks: the .sha256 sidecar matches, SQLite's integrity is ok."""
+    try:
+        expected = (path.parent / (path.name + ".sha256")).read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return hashlib.sha256(path.read_bytes()).hexdigest() == expected \
+        and integrity_check(path) == "ok"
+
+
+@pytest.fixture
+def operator_cut(disk, tmp_path):
+    with seed_reported("operator") as rng:
+        yield CommandCut(disk, tmp_path, rng)
+
+
+def test_backup_cut_part_way_is_the_old_backup_or_the_new_one(operator_cut, tmp_path):
+    source, _ = prepared_store(tmp_path, None)
+    cut, live = operator_cut, operator_cut.server.db_path
+    place_durably(source, live)
+    target = cut.disk.mount / "backups" / "nightly.db"
+    good = None  # the fingerprint of the last backup that exited 0
+    for number in range(OPERATOR_CUTS):
+        cut.finish("token", "create", "--name", f"between-{number}", "--namespace", "*")
+        cut.disk.cut()  # a token create that exited 0 is durable: the store is as it was
+        now = store_fingerprint(live)
+        finished = cut.run("backup", "--to", str(target), serving=True)
+        assert store_fingerprint(live) == now
+        if finished:
+            assert file_verifies(target), f"cut {number}: the backup that exited 0 is lost"
+        if not target.exists():
+            assert good is None, f"cut {number}: the earlier backup is gone"
+            continue
+        assert integrity_check(target) == "ok"
+        assert store_fingerprint(target) in ([now] if finished else [good, now])
+        if file_verifies(target):
+            good = store_fingerprint(target)
+
+
+def test_restore_cut_part_way_is_the_old_store_or_the_backup(operator_cut, tmp_path):
+    source, _ = prepared_store(tmp_path, None)
+    cut, live = operator_cut, operator_cut.server.db_path
+    backup = tmp_path / "kept.db"
+    assert cut.server.cli("backup", "--db-path", str(source), "--to", str(backup),
+                          store=False).returncode == 0
+    wanted = store_fingerprint(backup)
+    for number in range(OPERATOR_CUTS):
+        place_durably(source, live)
+        cut.finish("token", "create", "--name", f"after-backup-{number}", "--namespace", "*")
+        cut.disk.cut()
+        old = store_fingerprint(live)
+        finished = cut.run("restore", "--from", str(backup), "--force")
+        assert integrity_check(live) == "ok"
+        assert store_fingerprint(live) in ([wanted] if finished else [old, wanted]), \
+            f"cut {number}: the store is neither the old one nor the backup"
+
+
+def test_copy_store_cut_part_way_leaves_no_copy_or_a_whole_one(operator_cut, tmp_path):
+    source, _ = prepared_store(tmp_path, KEY_1)
+    cut = operator_cut
+    place_durably(source, cut.server.db_path)
+    wanted = store_fingerprint(source)
+    for number in range(OPERATOR_CUTS):
+        target = cut.disk.mount / "copies" / f"copy{number}.db"
+        finished = cut.run("copy-store", "--to", str(target), serving=True)
+        if finished:
+            assert target.exists(), f"cut {number}: the copy that exited 0 is lost"
+        if target.exists():
+            assert integrity_check(target) == "ok"
+            copied = store_fingerprint(target)
+            nothing = all(not db_rows_in(target, table) for table in copied)
+            assert copied == wanted or (nothing and not finished), \
+                f"cut {number}: a partial copy survived"
+
+
+def db_rows_in(path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def check_readable(cut: CommandCut, expected: dict, key: str) -> None:
+    """The server starts on the store with `key` and serves every byte as written."""
+    server = cut.server
+    server.env["ENCRYPTION_KEY"] = key
+    server.start()
+    try:
+        for path, body in expected.items():
+            if path != "token":
+                answer = server.request("GET", path, token=expected["token"])
+                assert answer.status == 200 and answer.body == body, (path, answer)
+    finally:
+        server.stop()
+        server.env.pop("ENCRYPTION_KEY")
+
+
+@pytest.mark.parametrize("command", ["rotate-key", "encrypt-existing"])
+def test_resealing_cut_part_way_is_whole_and_resumes(operator_cut, tmp_path, command):
+    """rotate-key (KEY_1 -> KEY_2) and encrypt-existing (plaintext -> KEY_1) cut part-way:
+    a run that exited 0 left every payload sealed with the new key; any other leaves a
+    store that a new run finishes; then every byte reads back."""
+    old, new = (KEY_1, KEY_2) if command == "rotate-key" else (None, KEY_1)
+    source, expected = prepared_store(tmp_path, old)
+    cut, live = operator_cut, operator_cut.server.db_path
+    env = {"ENCRYPTION_KEY": old or new, "NEW_ENCRYPTION_KEY": new if old else None}
+    for number in range(OPERATOR_CUTS):
+        place_durably(source, live)
+        finished = cut.run(command, env=env, serving=command == "encrypt-existing")
+        assert integrity_check(live) == "ok"
+        state = payload_keys(live)
+        if finished:
+            assert set(state["keys"]) == {key_id(new)} and not state["rotating"], \
+                f"cut {number}: {command} exited 0 but the store holds {state}"
+        cut.finish(command, env=env)
+        assert set(payload_keys(live)["keys"]) == {key_id(new)}
+    check_readable(cut, expected, new)
+
+
+def test_gc_cut_part_way_keeps_what_is_referenced(operator_cut, tmp_path):
+    source, expected = prepared_store(tmp_path, None)
+    cut, live = operator_cut, operator_cut.server.db_path
+    time.sleep(1.1)  # every object is now past a 1 s retention
+    kept = sum(1 for path in expected if "/objects/" in path)
+    for number in range(OPERATOR_CUTS):
+        place_durably(source, live)
+        finished = cut.run("gc", "--object-retention-seconds", "1", serving=True)
+        assert integrity_check(live) == "ok"
+        left = db_rows_in(live, "objects")
+        assert left >= kept and (left == kept or not finished), \
+            f"cut {number}: {left} objects left of {kept} kept (gc exited: {finished})"
+    check_readable(cut, expected, "")
