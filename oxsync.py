@@ -1613,6 +1613,18 @@ def publish_durably(partial: str, target: str) -> None:
     fsync_path(os.path.dirname(os.path.abspath(target)))
 
 
+def make_folder_durably(folder: str, mode: int = 0o777) -> None:
+    """os.makedirs(folder, mode, exist_ok=True), and each folder it makes is fsynced into
+    its parent: a file published in a new folder is lost with the folder's name."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        return
+    make_folder_durably(os.path.dirname(folder))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, mode)
+    fsync_path(os.path.dirname(folder))
+
+
 def write_durably(path: str, data: bytes) -> None:
     """Write a small file (a sidecar) whole or not at all, durably."""
     partial = path + ".partial"
@@ -1638,17 +1650,16 @@ def backup_database(store: "Store", target: str) -> str:
             raise StoreError(f"{target} is the live database itself; back up to another file")
     partial = target + ".partial"
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), mode=0o700, exist_ok=True)
+        make_folder_durably(os.path.dirname(os.path.abspath(target)), mode=0o700)
         for leftover in (partial, partial + "-wal", partial + "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
         store.copy_to_file(partial)
         with contextlib.closing(sqlite3.connect(partial)) as copy:
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        os.replace(partial, target)
-        digest = file_sha256(target)
-        with open(target + ".sha256", "w") as sidecar:
-            sidecar.write(f"{digest}  {os.path.basename(target)}\n")
+        digest = file_sha256(partial)
+        publish_durably(partial, target)
+        write_durably(target + ".sha256", f"{digest}  {os.path.basename(target)}\n".encode())
     except (OSError, sqlite3.Error) as error:
         with contextlib.suppress(OSError):
             os.remove(partial)
@@ -1697,10 +1708,13 @@ def restore_database(source: str, target: str, force: bool) -> None:
                              uri=True)
     live = sqlite3.connect(target, timeout=30)
     try:
+        live.execute("PRAGMA synchronous = EXTRA")  # EXTRA: the journal's deletion is durable
         backup.backup(live)
     finally:
         live.close()
         backup.close()
+    fsync_path(target)  # a new file's name too: closing checkpointed and removed the WAL
+    fsync_path(os.path.dirname(os.path.abspath(target)))
 
 
 # -- the stores: what differs between SQLite and PostgreSQL lives below ----------
@@ -1800,11 +1814,15 @@ class SQLiteStore(Store):
         self._autocheckpoint = self.WAL_RESTART_FRAMES if serving else 1000
         self.local_dir = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(self.local_dir, exist_ok=True)
+            make_folder_durably(self.local_dir)
         except OSError as error:
             raise StoreError(f"cannot create the database folder {self.local_dir}: "
                              f"{error.strerror}; choose another --db-path") from None
         self._write_lock = threading.Lock()
+        # Group commit (see durable()): commits made, commits an fsync has covered.
+        self._commits = self._durable_through = 0
+        self._syncing, self._synced = False, threading.Condition()
+        self._wal_inode = None  # the WAL whose folder entry has been fsynced
         self._readers: list[sqlite3.Connection] = []
         self._writer = self._connect()
         migrate(self)
@@ -1918,7 +1936,7 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def write(self):
-        """The one write transaction (BEGIN IMMEDIATE)."""
+        """The one write transaction (BEGIN IMMEDIATE); it ends once the commit is durable."""
         with self._write_lock, self._errors():
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
@@ -1930,6 +1948,55 @@ class SQLiteStore(Store):
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+            self._commits += 1
+            commit = self._commits
+        self.durable(commit)
+
+    def durable(self, commit: int | None = None) -> None:
+        """Return once an fsync of the WAL has covered commit number `commit` (default:
+        every commit so far): group commit.
+
+        SQLite runs with synchronous = NORMAL, so a COMMIT only writes the WAL; the
+        writer lock is let go before the fsync, and the next writers commit while it
+        runs. One thread syncs at a time and takes along every commit made before it
+        started; the others wait for a sync that covers theirs. That keeps SQLite's
+        NORMAL consistency (a checkpoint syncs the WAL before it copies pages into the
+        database, and syncs the database before the WAL starts over), and adds what
+        NORMAL lacks: no answer before the commit's WAL frames are on disk."""
+        commit = self._commits if commit is None else commit
+        with self._synced:
+            while self._durable_through < commit:
+                if self._syncing:
+                    self._synced.wait()
+                    continue
+                self._syncing, covers = True, self._commits
+                self._synced.release()
+                try:
+                    self._sync_wal()
+                finally:
+                    self._synced.acquire()
+                    self._syncing = False
+                    self._synced.notify_all()
+                self._durable_through = max(self._durable_through, covers)
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL, and its folder when the WAL is a new file (its name is durable
+        only then). Opened by name each time: SQLite deletes the WAL when the last
+        connection closes, and a later one makes a new file."""
+        try:
+            descriptor = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            fsync_path(self.path)  # no WAL: every commit is in the database file
+            fsync_path(self.local_dir)
+            return
+        try:
+            os.fsync(descriptor)
+            inode = os.fstat(descriptor).st_ino
+        finally:
+            os.close(descriptor)
+        if inode != self._wal_inode:
+            fsync_path(self.local_dir)  # the database file's own name too, on first use
+            self._wal_inode = inode
 
     @contextlib.contextmanager
     def _errors(self):
@@ -2001,10 +2068,14 @@ class SQLiteStore(Store):
         with self._write_lock:
             self._writer.execute("VACUUM")
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._commits += 1
+        self.durable()
 
     def release_free_pages(self) -> None:
         with self._write_lock:
             self._writer.execute("PRAGMA incremental_vacuum")
+            self._commits += 1
+        self.durable()
 
     def checkpoint(self, final: bool = False) -> None:
         """Copy the WAL into the database: PASSIVE (never waits for readers or the writer)

@@ -306,7 +306,7 @@ class OxsyncServer(Server):
     def __init__(self, log_dir: Path, cpus: str | None, encrypted: bool = False,
                  extra_env: dict | None = None, wrap: list[str] | None = None,
                  database_url: str | None = None, name: str | None = None,
-                 cycle_tag: str = ""):
+                 cycle_tag: str = "", command: list[str] | None = None):
         super().__init__(log_dir, cpus)
         self.encrypted = encrypted
         self.extra_env = extra_env or {}
@@ -314,6 +314,7 @@ class OxsyncServer(Server):
         # database_url: a PostgreSQL store; cycle_tag: this process's own cycle namespaces
         # when several processes share one database (bench/run.py's store comparison)
         self.database_url, self.cycle_tag = database_url, cycle_tag
+        self.command = command  # another build of oxsync (bench/run.py --before)
         if encrypted:
             self.name = "oxsync+enc"
         if name:
@@ -327,7 +328,7 @@ class OxsyncServer(Server):
         env.update(MAX_BLOB_SIZE="70000000", **self.extra_env)
         if self.encrypted:
             env["ENCRYPTION_KEY"] = BENCH_KEY
-        command = oxsync_command()
+        command = self.command or oxsync_command()
         # wrap: arguments put between the interpreter and the script (bench/profile.py)
         store = ["--database-url", self.database_url] if self.database_url else \
             ["--db-path", self.db_path]
@@ -336,7 +337,7 @@ class OxsyncServer(Server):
         self.process = start_process(argv, self.log_dir / f"{self.name}.log", env=env,
                                      cwd=self.dir, cpus=self.cpus)
         wait_until_up(self.port, self.process, "/health")
-        created = subprocess.run(oxsync_command() + [
+        created = subprocess.run(command + [
             "token", "create", *store, "--name", "bench",
             "--namespace", "*"], capture_output=True, text=True, env=env, cwd=self.dir,
             timeout=60)

@@ -283,6 +283,57 @@ def store_comparison(rounds: int, duration: int, log_dir: Path) -> dict:
                       for (label, workload), values in rates.items()]}
 
 
+# ---------------------------------------------------------------------------
+# Durable commits: this checkout against an earlier one (issue 20)
+# ---------------------------------------------------------------------------
+
+def build_of(revision: str, log_dir: Path) -> list[str]:
+    """The command that runs oxsync.py as it was at a git revision (e.g. main)."""
+    path = log_dir / f"oxsync-{revision.replace('/', '-')}.py"
+    source = subprocess.run(["git", "-C", str(harness.ROOT), "show", f"{revision}:oxsync.py"],
+                            capture_output=True, check=True).stdout
+    path.write_bytes(source)
+    return [sys.executable, str(path)]
+
+
+def durability_comparison(revision: str, rounds: int, duration: int, log_dir: Path,
+                          server_cpus, load_cpus) -> dict:
+    """Before (oxsync.py at `revision`) and after (this checkout) up at once, PUT 4 KiB and
+    the sync cycle at 1 and 16 connections driven in turns -> after / before per pair."""
+    log_dir = log_dir / "durability"
+    log_dir.mkdir(exist_ok=True)
+    servers = {"before": harness.OxsyncServer(log_dir, server_cpus, name="before",
+                                              command=build_of(revision, log_dir)),
+               "after": harness.OxsyncServer(log_dir, server_cpus, name="after")}
+    pairs = [(workload, connections) for workload in ("put", "cycle") for connections in (1, 16)]
+    rates = {(label, pair): [] for label in servers for pair in pairs}
+    try:
+        for server in servers.values():
+            server.start()
+            server.seed()
+            for workload in ("put", "cycle"):
+                wrk_workload(server, workload, 16, 1, load_cpus)  # warm-up
+        for _ in range(rounds):
+            for pair in pairs:
+                for label, server in servers.items():
+                    result = wrk_workload(server, *pair, duration, load_cpus)
+                    if result["errors"]:
+                        raise RuntimeError(f"{label} {pair}: {result['errors']} errors")
+                    rates[(label, pair)].append(result["rate"])
+                    log(f"durability: {label:6} {pair[0]:5} c={pair[1]:<2} "
+                        f"{result['rate']:9,.0f}/s")
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = []
+    for workload, connections in pairs:
+        before, after = (rates[(label, (workload, connections))] for label in servers)
+        rows.append({"workload": workload, "connections": connections, "before": before,
+                     "after": after, "ratio": statistics.median(after)
+                     / statistics.median(before)})
+    return {"revision": revision, "rounds": rounds, "duration": duration, "rows": rows}
+
+
 class RssSampler(threading.Thread):
     """Samples the server tree's VmRSS every few milliseconds."""
 
@@ -505,6 +556,20 @@ def busy_machine_warning(report: dict) -> list[str]:
             "are low and noisy; re-run on a quiet machine before quoting them."]
 
 
+def durability_section(durability: dict) -> list[str]:
+    out = ["## Durable commits: before and after (issue 20)", "",
+           f"oxsync.py at `{durability['revision']}` (before) and this checkout (after) up at "
+           f"once, driven in turns ({durability['duration']} s per run, "
+           f"{durability['rounds']} rounds); ratio = median after / median before.", ""]
+    out += markdown_table(
+        ["workload", "conns", "before per run", "after per run", "after / before"],
+        [[WORKLOADS[r["workload"]], str(r["connections"]),
+          ", ".join(f"{v:,.0f}" for v in r["before"]),
+          ", ".join(f"{v:,.0f}" for v in r["after"]), f"{r['ratio']:.2f}"]
+         for r in durability["rows"]])
+    return out + [""]
+
+
 def render(report: dict) -> str:
     facts, options = report["facts"], report["options"]
     results, big, crypto = report["results"], report["big"], report.get("crypto")
@@ -569,6 +634,9 @@ def render(report: dict) -> str:
               f"{r['median']:,.0f}", f"{r['median'] / lite[r['workload']]:.2f}"]
              for r in sorted(stores["rates"], key=lambda r: r["workload"] != "get")])
         out += [""]
+
+    if report.get("durability"):
+        out += durability_section(report["durability"])
 
     servers = report["servers"]
     for workload, title in WORKLOADS.items():
@@ -689,6 +757,9 @@ def print_summary(report: dict) -> None:
         c = report["crypto"]
         print(f"crypto   encrypt {c['encrypt_mb_s']:,.0f} MB/s, decrypt "
               f"{c['decrypt_mb_s']:,.0f} MB/s, sha256 {c['sha256_mb_s']:,.0f} MB/s")
+    for row in report.get("durability", {}).get("rows", []):
+        print(f"durable  {row['workload']:<6} c={row['connections']:<3} after / before "
+              f"{row['ratio']:.2f}")
     print()
     for text, measured, result in evaluate_targets(report):
         print(f"{result:<8} {text}: {measured}")
@@ -715,6 +786,10 @@ def parse_args(argv=None):
                         help="comma list from get,put,cycle,big,stores (stores: SQLite and "
                              "PostgreSQL compared; needs Debian's postgresql and psycopg, or "
                              "OXSYNC_BENCH_POSTGRES_URL)")
+    parser.add_argument("--before", metavar="REVISION",
+                        help="also compare this checkout's oxsync.py with the one at a git "
+                             "revision (e.g. main): PUT 4 KiB and the sync cycle at 1 and 16 "
+                             "connections, interleaved")
     parser.add_argument("--big-repeats", type=int, help="64 MiB transfers per server "
                         "(default 3, --quick 1)")
     parser.add_argument("--pair-rounds", type=int, help="interleaved runs per server for "
@@ -844,6 +919,16 @@ def main(argv=None) -> int:
             except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as error:
                 report["failures"].append(f"stores: {error}")
                 log(f"FAILED stores: {error}")
+
+        if args.before and args.pair_rounds:
+            log(f"durability: oxsync.py at {args.before} against this checkout, interleaved")
+            try:
+                report["durability"] = durability_comparison(
+                    args.before, args.pair_rounds, args.pair_duration, log_dir, server_cpus,
+                    load_cpus)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                report["failures"].append(f"durability: {error}")
+                log(f"FAILED durability: {error}")
 
         if "big" in args.workloads:
             data = os.urandom(BIG_BLOB)
