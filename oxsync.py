@@ -1687,8 +1687,12 @@ def claim_empty_target(target: "Store", progress: Progress) -> None:
                       f"{unfinished} did not finish")
         target.empty()
     elif filled:
-        raise StoreError(f"{target.describe()} is not empty (it has {', '.join(filled)}); "
-                         "copy-store only fills an empty database")
+        raise not_empty(target.describe(), filled)
+
+
+def not_empty(target: str, filled: list[str]) -> StoreError:
+    return StoreError(f"{target} is not empty (it has {', '.join(filled)}); copy-store only "
+                      "fills an empty database")
 
 
 def copy_table(old: Records, target: "Store", table: str, progress: Progress) -> list:
@@ -1795,9 +1799,9 @@ def copy_to_sqlite(source: "Store", target: str, progress: Progress) -> dict[str
     replaced) -> rows per table."""
     unused = None
     if os.path.exists(target):
+        refuse_filled_file(target)
         unused = SQLiteStore(target)
         try:
-            claim_empty_target(unused, progress)
             unused.hold(exclusive=True)  # until replaced: no server may start on it
         finally:
             unused.close()
@@ -1817,6 +1821,20 @@ def copy_to_sqlite(source: "Store", target: str, progress: Progress) -> dict[str
         if unused is not None:
             unused.release()
     return counts
+
+
+def refuse_filled_file(path: str) -> None:
+    """An existing SQLite target must be an empty oxsync database; it is only read here."""
+    try:
+        with contextlib.closing(sqlite3.connect(
+                f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)) as db:
+            filled = [table for table in TABLES
+                      if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()]
+    except sqlite3.Error as error:
+        raise StoreError(f"{path} exists and is not an empty oxsync database ({error}); "
+                         "copy-store only fills an empty database") from None
+    if filled:
+        raise not_empty(path, filled)
 
 
 def backup_database(store: "Store", target: str, progress: Progress) -> str:
