@@ -352,6 +352,7 @@ def main(argv=None) -> int:
     text = report(results, args)
     print("\n" + text)
     harness.OUT.mkdir(parents=True, exist_ok=True)
+    (harness.OUT / "scale.md").write_text(text + "\n")
     with open(harness.OUT / "scale.json", "w") as file:
         json.dump({"args": vars(args), "results": results,
                    "loadavg": open("/proc/loadavg").read().split()[:3],
