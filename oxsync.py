@@ -1634,6 +1634,35 @@ def table_batches(tx: Records, table: str):
         after = tuple(rows[-1][column] for column in columns)
 
 
+def read_ahead(batches, depth: int = 2):
+    """The items of an iterator, made by a thread of its own at most `depth` items ahead:
+    SQLite, psycopg and hashlib let go of the GIL, so reading the next batch overlaps
+    writing and digesting this one. Close it (contextlib.closing) to stop the thread."""
+    ahead, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in batches:
+                ahead.put(item)
+                if stop.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as error:  # noqa: BLE001 - raised again by the consumer
+            ahead.put(error)
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock its put(), then let it see `stop`
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.05)
+
+
 def payload_batches(tx: Records):
     after = -(1 << 63)
     while True:
@@ -1699,10 +1728,11 @@ def copy_table(old: Records, target: "Store", table: str, progress: Progress) ->
     """One table into the target, a transaction per batch -> its [rows, digest, bytes]."""
     progress.begin(table, old.row_count(table) if progress.live else None)
     summary = [0, 0, 0]
-    for rows in table_batches(old, table):
-        with target.write() as new:
-            new.insert_rows(table, rows[0].keys(), [tuple(row) for row in rows])
-        progress.add(len(rows), add_rows(summary, rows))
+    with contextlib.closing(read_ahead(table_batches(old, table))) as batches:
+        for rows in batches:
+            with target.write() as new:
+                new.insert_rows(table, rows[0].keys(), [tuple(row) for row in rows])
+            progress.add(len(rows), add_rows(summary, rows))
     progress.end()
     return summary
 
@@ -1716,8 +1746,9 @@ def check_copy(target: "Store", expected: dict, marker: tuple, progress: Progres
     with target.read(snapshot=True) as copy:
         for table in TABLES:
             got = [0, 0, 0]
-            for rows in table_batches(copy, table):
-                progress.add(len(rows), add_rows(got, rows))
+            with contextlib.closing(read_ahead(table_batches(copy, table))) as batches:
+                for rows in batches:
+                    progress.add(len(rows), add_rows(got, rows))
             if got != expected[table]:
                 raise StoreError(f"the copy of table {table} does not match the original "
                                  f"({got[0]} rows of {expected[table][0]}); check "
