@@ -1728,11 +1728,12 @@ def copy_table(old: Records, target: "Store", table: str, progress: Progress) ->
     """One table into the target, a transaction per batch -> its [rows, digest, bytes]."""
     progress.begin(table, old.row_count(table) if progress.live else None)
     summary = [0, 0, 0]
-    with contextlib.closing(read_ahead(table_batches(old, table))) as batches:
-        for rows in batches:
+    digested = ((rows, add_rows(summary, rows)) for rows in table_batches(old, table))
+    with contextlib.closing(read_ahead(digested)) as batches:  # read and digest meanwhile
+        for rows, size in batches:
             with target.write() as new:
                 new.insert_rows(table, rows[0].keys(), [tuple(row) for row in rows])
-            progress.add(len(rows), add_rows(summary, rows))
+            progress.add(len(rows), size)
     progress.end()
     return summary
 

@@ -165,9 +165,10 @@ def timed_command(result: dict, name: str, argv: list[str], env: dict) -> None:
     result["cpu_seconds"][name] = harness.children_cpu_seconds() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"oxsync {argv[0]} exited {done.returncode}: {done.stderr[-500:]}")
-    summary = done.stderr.strip().splitlines()[-1].partition("checked every table: ")[2]
-    if summary:
-        result["rows_copied"][name] = sum(int(part.split()[0]) for part in summary.split(", "))
+    _, found, summary = done.stderr.rpartition("checked every table: ")
+    if found:
+        result["rows_copied"][name] = sum(int(part.split()[0])
+                                          for part in summary.strip().split(", "))
 
 
 def startup_seconds(server, env: dict) -> float:
