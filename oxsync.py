@@ -5686,7 +5686,8 @@ def add_maintenance_commands(commands) -> None:
         "--to", required=True, metavar="FILE",
         help="backup file to write (a missing folder is created, mode 0700)")
     add_command(commands, "copy-store", "copy everything into an empty database (PostgreSQL "
-                "or SQLite), sealed payloads as they are, then check every table",
+                "or SQLite), sealed payloads as they are, then check every table; progress "
+                "on stderr",
                 cmd_copy_store).add_argument(
         "--to", required=True, metavar="URL_OR_FILE",
         help="a postgresql:// URL or a SQLite file path; it must be empty")
