@@ -766,6 +766,11 @@ class Records:
         row = self.one(sql, params)
         return None if row is None else row[0]
 
+    def all_binary(self, sql: str, params=()) -> list:
+        """all(), with PostgreSQL sending bytes as they are rather than as hex text."""
+        return self.store.binary_cursor(self.db).execute(self.store.sql(sql),
+                                                         params).fetchall()
+
     def many(self, sql: str, rows) -> None:
         rows = list(rows)
         if rows:
@@ -1158,15 +1163,23 @@ class Records:
                  "blobBytes", "objectBytes", "snapshotHistoryBytes", "conflicts")
         return dict(zip(names, row))
 
-    def table_rows(self, table: str, batch: int = 64):
-        """Every row of a table in key order, a batch at a time (copy-store): payload bytes
-        come as stored, and a large table is never held in memory at once."""
-        for offset in itertools.count(0, batch):
-            rows = self.all(f"SELECT * FROM {table} ORDER BY {TABLES[table]} LIMIT ? OFFSET ?",
-                            (batch, offset))
-            yield from rows
-            if len(rows) < batch:
-                return
+    def key_page(self, table: str, after: tuple | None, limit: int) -> list:
+        """Up to `limit` rows of a table that come after the key `after` (None: from the
+        start), in key order: keyset paging, so every page costs the same (copy-store)."""
+        key = TABLES[table]
+        where = "" if after is None else f"WHERE ({key}) > ({', '.join('?' for _ in after)})"
+        return self.all_binary(f"SELECT * FROM {table} {where} ORDER BY {key} LIMIT ?",
+                               (*(after or ()), limit))
+
+    def payload_sizes(self, after: int, limit: int) -> list:
+        """(id, bytes) of up to `limit` payloads after id `after`; neither store reads the
+        payload bytes themselves for length()."""
+        return self.all("SELECT id, length(data) FROM payloads WHERE id > ? ORDER BY id "
+                        "LIMIT ?", (after, limit))
+
+    def payload_range(self, first: int, last: int) -> list:
+        return self.all_binary("SELECT * FROM payloads WHERE id >= ? AND id <= ? ORDER BY id",
+                               (first, last))
 
     def insert_rows(self, table: str, columns: list[str], rows) -> None:
         self.many(f"INSERT INTO {table} ({', '.join(columns)}) "
@@ -1551,48 +1564,231 @@ def encrypt_existing(store: "Store", key: bytes) -> int:
 
 # -- copies: copy-store, and backups of a SQLite file -------------------------------
 
-def table_digest(rows) -> tuple[int, str]:
-    """(row count, SHA-256 of the rows as stored): equal on both stores for equal data."""
-    digest, count = hashlib.sha256(), 0
+COPY_ROWS = 1000  # rows per page read, and per transaction written, by copy-store
+COPY_BYTES = 8 * MiB  # ...or fewer payloads, when their bytes add up to this
+COPY_MARKER = "copy-store unfinished"  # a settings key: this database is a copy being made
+
+
+class Progress:
+    """How far a long command has got, on stderr, one step (a table) at a time: on a
+    terminal one line per step redrawn in place (count, bytes, rate, time left), otherwise
+    one line per step when it ends, as pg_dump --verbose or rsync --info=progress2 do."""
+
+    def __init__(self, command: str, stream=None):
+        self.command, self.stream = command, stream or sys.stderr
+        self.live = self.stream.isatty()
+
+    def note(self, text: str) -> None:
+        print(f"{self.command}: {text}", file=self.stream, flush=True)
+
+    def begin(self, step: str, total: int | None = None, unit: str = "rows") -> None:
+        self.step, self.total, self.unit, self.count, self.bytes = step, total, unit, 0, 0
+        self.started = self.shown = time.monotonic()
+        self.show(final=False)
+
+    def add(self, count: int, size: int) -> None:
+        self.count, self.bytes = self.count + count, self.bytes + size
+        if self.live and time.monotonic() - self.shown >= 0.25:
+            self.show(final=False)
+
+    def end(self) -> None:
+        self.show(final=True)
+
+    def show(self, final: bool) -> None:
+        if not (final or self.live):
+            return
+        self.shown = time.monotonic()
+        seconds = max(self.shown - self.started, 1e-3)
+        line = f"{self.command}: {self.step}: {self.count:,}"
+        if self.total and not final:
+            line += f" of {self.total:,}"
+        line += (f" {self.unit}, {self.bytes / 1e6:,.1f} MB in {seconds:.1f} s ("
+                 f"{self.count / seconds:,.0f} {self.unit}/s, {self.bytes / 1e6 / seconds:,.1f} "
+                 "MB/s")
+        if self.total and self.count and not final:
+            line += f", {max(self.total - self.count, 0) * seconds / self.count:.0f} s left"
+        line += ")"
+        self.stream.write(("\r\033[K" if self.live else "") + line + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def row_digest(row) -> tuple[int, int]:
+    """(SHA-256 of the row as a number, its bytes): each value encoded as its kind, length
+    and bytes, the same on both stores for equal data (no repr() of payload bytes)."""
+    digest, size = hashlib.sha256(), 0
+    for value in row:
+        if isinstance(value, str):
+            kind, data = b"s", value.encode()
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            kind, data = b"b", value
+        else:  # None, int or float: repr() is exact
+            kind, data = b"v", repr(value).encode()
+        size += len(data)
+        digest.update(kind + len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return int.from_bytes(digest.digest(), "big"), size
+
+
+def add_rows(summary: list, rows) -> int:
+    """Add rows to a table's [rows, digest, bytes] -> their bytes. The digest is the sum of
+    the rows' digests modulo 2**256, so it does not depend on the order rows come in (the
+    stores may sort text keys differently)."""
+    added = 0
     for row in rows:
-        count += 1
-        for value in row:
-            digest.update(repr(bytes(value) if isinstance(value, (bytes, bytearray,
-                                                                  memoryview)) else value)
-                          .encode() + b"\0")
-    return count, digest.hexdigest()
+        digest, size = row_digest(row)
+        summary[1] = (summary[1] + digest) % (1 << 256)
+        added += size
+    summary[0] += len(rows)
+    summary[2] += added
+    return added
 
 
-def copy_store(source: "Store", target: "Store") -> dict[str, int]:
-    """Copy every row into an empty store, sealed payloads as they are (no key needed),
-    in one transaction, then check each table's count and digest -> rows per table."""
+def table_batches(tx: Records, table: str):
+    """Every row of a table in key order, as lists of at most COPY_ROWS rows (payloads: of
+    at most COPY_BYTES, or one larger payload), each page found by its key, never by an
+    offset: the cost is linear in the table's size and memory stays bounded."""
+    if table == "payloads":
+        yield from payload_batches(tx)
+        return
+    columns, after = TABLES[table].split(", "), None
+    while True:
+        rows = tx.key_page(table, after, COPY_ROWS)
+        if rows:
+            yield rows
+        if len(rows) < COPY_ROWS:
+            return
+        after = tuple(rows[-1][column] for column in columns)
+
+
+def read_ahead(batches, depth: int = 2):
+    """The items of an iterator, made by a thread of its own at most `depth` items ahead:
+    SQLite, psycopg and hashlib let go of the GIL, so reading the next batch overlaps
+    writing and digesting this one. Close it (contextlib.closing) to stop the thread."""
+    ahead, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in batches:
+                ahead.put(item)
+                if stop.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as error:  # noqa: BLE001 - raised again by the consumer
+            ahead.put(error)
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock its put(), then let it see `stop`
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.05)
+
+
+def payload_batches(tx: Records):
+    after = -(1 << 63)
+    while True:
+        sizes = tx.payload_sizes(after, COPY_ROWS)
+        first, total = None, 0
+        for payload_id, size in sizes:
+            if first is not None and total + (size or 0) > COPY_BYTES:
+                yield tx.payload_range(first, after)
+                first, total = None, 0
+            first = payload_id if first is None else first
+            after, total = payload_id, total + (size or 0)
+        if first is not None:
+            yield tx.payload_range(first, after)
+        if len(sizes) < COPY_ROWS:
+            return
+
+
+def copy_store(source: "Store", target: "Store", progress: Progress,
+               empty_on_failure: bool = True) -> dict[str, int]:
+    """Copy every row into an empty store, sealed payloads as they are (no key needed):
+    each table read once, in key order, and written a batch per transaction, its digest
+    taken on the way; then one streaming read of the target checks every table -> rows per
+    table. Until that check has passed a settings row marks the target as unfinished (a
+    server refuses it, the next copy-store starts over); a failed copy is emptied again."""
+    claim_empty_target(target, progress)
+    try:
+        marker = (COPY_MARKER, rfc3339(time.time()))
+        with target.write() as tx:
+            tx.set_setting(*marker)
+        with source.read(snapshot=True) as old:
+            expected = {table: copy_table(old, target, table, progress) for table in TABLES}
+        check_copy(target, expected, marker, progress)
+        with target.write() as tx:
+            tx.set_setting(COPY_MARKER, None)
+            target.after_copy(tx)
+    except BaseException:
+        if empty_on_failure:
+            with contextlib.suppress(Exception):
+                target.empty()
+        raise
+    return {table: summary[0] for table, summary in expected.items()}
+
+
+def claim_empty_target(target: "Store", progress: Progress) -> None:
+    """Refuse a target with data in it; empty one that a copy-store left unfinished."""
     with target.read() as tx:
+        unfinished = tx.setting(COPY_MARKER)
         filled = [table for table in TABLES if tx.row_count(table)]
-    if filled:
-        raise StoreError(f"{target.describe()} is not empty (it has {', '.join(filled)}); "
-                         "copy-store only fills an empty database")
-    with source.read(snapshot=True) as old:
-        with target.write() as new:
-            for table in TABLES:
-                batch = []
-                for row in old.table_rows(table):
-                    batch.append(tuple(row))
-                    if len(batch) == 64:
-                        new.insert_rows(table, row.keys(), batch)
-                        batch = []
-                if batch:
-                    new.insert_rows(table, row.keys(), batch)
-            target.after_copy(new)
-        counts = {}
-        with target.read(snapshot=True) as copy:
-            for table in TABLES:
-                want, got = table_digest(old.table_rows(table)), table_digest(
-                    copy.table_rows(table))
-                if want != got:
-                    raise StoreError(f"the copy of table {table} does not match the original "
-                                     f"({got[0]} rows of {want[0]}); check {target.describe()}")
-                counts[table] = got[0]
-    return counts
+    if unfinished:
+        progress.note(f"emptying {target.describe()}: a copy-store into it begun at "
+                      f"{unfinished} did not finish")
+        target.empty()
+    elif filled:
+        raise not_empty(target.describe(), filled)
+
+
+def not_empty(target: str, filled: list[str]) -> StoreError:
+    return StoreError(f"{target} is not empty (it has {', '.join(filled)}); copy-store only "
+                      "fills an empty database")
+
+
+def copy_table(old: Records, target: "Store", table: str, progress: Progress) -> list:
+    """One table into the target, a transaction per batch -> its [rows, digest, bytes]."""
+    progress.begin(table, old.row_count(table) if progress.live else None)
+    summary = [0, 0, 0]
+    digested = ((rows, add_rows(summary, rows)) for rows in table_batches(old, table))
+    with contextlib.closing(read_ahead(digested)) as batches:  # read and digest meanwhile
+        for rows, size in batches:
+            with target.write() as new:
+                new.insert_rows(table, rows[0].keys(), [tuple(row) for row in rows])
+            progress.add(len(rows), size)
+    progress.end()
+    return summary
+
+
+def check_copy(target: "Store", expected: dict, marker: tuple, progress: Progress) -> None:
+    """Read the whole target once and compare each table with what was copied into it."""
+    expected = dict(expected, settings=list(expected["settings"]))
+    add_rows(expected["settings"], [marker])
+    progress.begin("check", sum(summary[0] for summary in expected.values())
+                   if progress.live else None)
+    with target.read(snapshot=True) as copy:
+        for table in TABLES:
+            got = [0, 0, 0]
+            with contextlib.closing(read_ahead(table_batches(copy, table))) as batches:
+                for rows in batches:
+                    progress.add(len(rows), add_rows(got, rows))
+            if got != expected[table]:
+                raise StoreError(f"the copy of table {table} does not match the original "
+                                 f"({got[0]} rows of {expected[table][0]}); check "
+                                 f"{target.describe()}")
+    progress.end()
+
+
+def refuse_unfinished_copy(store: "Store") -> None:
+    with store.read() as tx:
+        begun = tx.setting(COPY_MARKER)
+    if begun:
+        raise StoreError(f"{store.describe()} holds a copy-store begun at {begun} that did "
+                         "not finish; run copy-store into it again (it starts over)")
 
 
 def fsync_path(path: str) -> None:
@@ -1633,36 +1829,102 @@ def write_durably(path: str, data: bytes) -> None:
     publish_durably(partial, path)
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
+    if progress:
+        progress.begin("sha256", os.path.getsize(path) // MiB, unit="MiB")
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(MiB), b""):
             digest.update(chunk)
+            if progress:
+                progress.add(1, len(chunk))
+    if progress:
+        progress.end()
     return digest.hexdigest()
 
 
-def backup_database(store: "Store", target: str) -> str:
+def remove_partial(partial: str) -> None:
+    for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
+
+
+def build_file(target: str, build) -> None:
+    """build(partial) makes the file under the temporary name TARGET.partial next to it,
+    which becomes `target` (durably) only when build returned: an interrupted run leaves no
+    file at `target`, and its stale partial is removed by the next run."""
+    partial = target + ".partial"
+    try:
+        remove_partial(partial)
+        build(partial)
+        publish_durably(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove_partial(partial)
+        raise
+
+
+def copy_to_sqlite(source: "Store", target: str, progress: Progress) -> dict[str, int]:
+    """copy-store into a new SQLite file (an existing one must be empty and unused; it is
+    replaced) -> rows per table."""
+    unused = None
+    if os.path.exists(target):
+        refuse_filled_file(target)
+        unused = SQLiteStore(target)
+        try:
+            unused.hold(exclusive=True)  # until replaced: no server may start on it
+        finally:
+            unused.close()
+    counts = {}
+
+    def build(partial: str) -> None:
+        copy = SQLiteStore(partial, unjournaled=True)
+        try:
+            counts.update(copy_store(source, copy, progress, empty_on_failure=False))
+        finally:
+            copy.close()
+    try:
+        build_file(target, build)
+    except OSError as error:
+        raise StoreError(f"cannot write {target}: {error.strerror or error}") from None
+    finally:
+        if unused is not None:
+            unused.release()
+    return counts
+
+
+def refuse_filled_file(path: str) -> None:
+    """An existing SQLite target must be an empty oxsync database; it is only read here."""
+    try:
+        with contextlib.closing(sqlite3.connect(
+                f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)) as db:
+            filled = [table for table in TABLES
+                      if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()]
+    except sqlite3.Error as error:
+        raise StoreError(f"{path} exists and is not an empty oxsync database ({error}); "
+                         "copy-store only fills an empty database") from None
+    if filled:
+        raise not_empty(path, filled)
+
+
+def backup_database(store: "Store", target: str, progress: Progress) -> str:
     """An online copy in one SQLite file (the server keeps serving) plus FILE.sha256.
     A missing folder is created, readable by its owner only."""
     if store.local_dir:
         live = os.path.realpath(store.describe())
         if os.path.realpath(target) in (live, live + "-wal", live + "-shm", live + "-journal"):
             raise StoreError(f"{target} is the live database itself; back up to another file")
-    partial = target + ".partial"
-    try:
-        make_folder_durably(os.path.dirname(os.path.abspath(target)), mode=0o700)
-        for leftover in (partial, partial + "-wal", partial + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(leftover)
-        store.copy_to_file(partial)
+
+    def build(partial: str) -> None:
+        store.copy_to_file(partial, progress)
         with contextlib.closing(sqlite3.connect(partial)) as copy:
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        digest = file_sha256(partial)
-        publish_durably(partial, target)
+    try:
+        make_folder_durably(os.path.dirname(os.path.abspath(target)), mode=0o700)
+        build_file(target, build)
+        digest = file_sha256(target, progress)
         write_durably(target + ".sha256", f"{digest}  {os.path.basename(target)}\n".encode())
     except (OSError, sqlite3.Error) as error:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
         raise StoreError(f"cannot write the backup {target}: {error}") from None
     return digest
 
@@ -1771,6 +2033,9 @@ class Store:
         """Deletions inside overwrite the freed bytes where the store can do that."""
         return contextlib.nullcontext()
 
+    def binary_cursor(self, db):
+        return db.cursor()
+
     def after_copy(self, tx: "Records") -> None:
         """Counters the store keeps apart from its rows, set after copy-store filled it."""
 
@@ -1780,13 +2045,19 @@ class Store:
     def release_free_pages(self) -> None:
         """Give space freed by deletions back (SQLite; PostgreSQL's autovacuum does it)."""
 
-    def copy_to_file(self, path: str) -> None:
+    def copy_to_file(self, path: str, progress: Progress) -> None:
         """Everything into a new SQLite file (a backup), with copy-store's checks."""
-        copy = SQLiteStore(path)
+        copy = SQLiteStore(path, unjournaled=True)
         try:
-            copy_store(self, copy)
+            copy_store(self, copy, progress, empty_on_failure=False)
         finally:
             copy.close()
+
+    def empty(self) -> None:
+        """Remove every row (what a copy-store that failed had written)."""
+        with self.write() as tx:
+            for table in reversed(TABLES):
+                tx.run(f"DELETE FROM {table}")
 
 
 class SQLiteStore(Store):
@@ -1803,7 +2074,7 @@ class SQLiteStore(Store):
     WAL_RESTART_FRAMES = 4096  # pages (16 MiB of 4 KiB pages); see __init__
     WAL_INDEX_HEADER = 48  # bytes; https://sqlite.org/walformat.html, "The WAL-Index Header"
 
-    def __init__(self, path: str, serving: bool = False):
+    def __init__(self, path: str, serving: bool = False, unjournaled: bool = False):
         super().__init__()
         self.path = path
         # A serving store checkpoints in the background, but a PASSIVE checkpoint never
@@ -1825,6 +2096,12 @@ class SQLiteStore(Store):
         self._wal_inode = None  # the WAL whose folder entry has been fsynced
         self._readers: list[sqlite3.Connection] = []
         self._writer = self._connect()
+        self._unjournaled = unjournaled
+        if unjournaled:
+            # A copy under a temporary name, thrown away unless finished: written once, with
+            # no journal and no syncs (publish_durably syncs it when it is complete).
+            self._writer.execute("PRAGMA journal_mode = OFF")
+            self._writer.execute("PRAGMA synchronous = OFF")
         migrate(self)
         self._wal_file, self._wal_index = self._map_wal_index() if serving else (None, None)
 
@@ -1963,6 +2240,8 @@ class SQLiteStore(Store):
         NORMAL consistency (a checkpoint syncs the WAL before it copies pages into the
         database, and syncs the database before the WAL starts over), and adds what
         NORMAL lacks: no answer before the commit's WAL frames are on disk."""
+        if self._unjournaled:
+            return  # a copy is made durable once, when it is published
         commit = self._commits if commit is None else commit
         with self._synced:
             while self._durable_through < commit:
@@ -2087,11 +2366,20 @@ class SQLiteStore(Store):
             with self.read() as tx:
                 tx.one("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def copy_to_file(self, path: str) -> None:
-        """SQLite's online backup API: a consistent copy while writers go on."""
+    def copy_to_file(self, path: str, progress: Progress) -> None:
+        """SQLite's online backup API: a consistent copy while writers go on. It copies in
+        one step: a copy made in steps starts over whenever a writer commits meanwhile."""
         with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as source, \
                 contextlib.closing(sqlite3.connect(path)) as copy:
+            pages = source.execute("PRAGMA page_count").fetchone()[0]
+            progress.begin("database file", pages, unit="pages")
             source.backup(copy)
+            progress.add(pages, pages * source.execute("PRAGMA page_size").fetchone()[0])
+            progress.end()
+
+    def release(self) -> None:
+        """Let go of the lock hold() took."""
+        self._lock_file.close()
 
     def close(self) -> None:
         readers, self._readers = self._readers, []
@@ -2363,14 +2651,21 @@ class PostgresStore(Store):
                    (key_id, data, payload_id))
         return payload_id
 
+    def binary_cursor(self, db):
+        return db.cursor(binary=True)
+
     def read_payload(self, db, payload_id: int) -> bytes:
-        row = db.cursor(binary=True).execute("SELECT data FROM payloads WHERE id = %s",
+        row = self.binary_cursor(db).execute("SELECT data FROM payloads WHERE id = %s",
                                              (payload_id,)).fetchone()
         if row is None:
             raise StoreError(f"payload {payload_id} is missing from {self.describe()}")
         return row[0]
 
     # -- upkeep --------------------------------------------------------------------
+
+    def empty(self) -> None:
+        with self.write() as tx:
+            tx.run(f"TRUNCATE {', '.join(TABLES)}")
 
     def after_copy(self, tx: "Records") -> None:
         for table in self.SEQUENCES:
@@ -2447,6 +2742,7 @@ def open_store(config: Config) -> tuple[Store, Sealer]:
     store = PostgresStore(config.database_url) if config.database_url else \
         SQLiteStore(config.db_path, serving=True)
     store.hold(exclusive=False)
+    refuse_unfinished_copy(store)
     check_key(store, sealer)
     return store, sealer
 
@@ -5331,7 +5627,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    digest = backup_database(cli_store(args), args.to)
+    digest = backup_database(cli_store(args), args.to, Progress("backup"))
     print(f"backup written to {args.to} (sha256 {digest}, sidecar {args.to}.sha256)",
           file=sys.stderr)
     return 0
@@ -5343,11 +5639,14 @@ def cmd_verify_backup(args) -> int:
 
 
 def cmd_copy_store(args) -> int:
-    source = cli_store(args)
-    to_postgres = re.match(r"postgres(ql)?://", args.to)
-    target = PostgresStore(args.to) if to_postgres else SQLiteStore(parse_path(args.to))
-    counts = copy_store(source, target)
-    print(f"copied {source.describe()} to {target.describe()} and checked every table: "
+    source, progress = cli_store(args), Progress("copy-store")
+    if re.match(r"postgres(ql)?://", args.to):
+        target = PostgresStore(args.to)
+        counts, where = copy_store(source, target, progress), target.describe()
+    else:
+        where = args.to
+        counts = copy_to_sqlite(source, where, progress)
+    print(f"copied {source.describe()} to {where} and checked every table: "
           + ", ".join(f"{count} {table}" for table, count in counts.items() if count),
           file=sys.stderr)
     return 0
@@ -5514,7 +5813,8 @@ def add_maintenance_commands(commands) -> None:
         "--to", required=True, metavar="FILE",
         help="backup file to write (a missing folder is created, mode 0700)")
     add_command(commands, "copy-store", "copy everything into an empty database (PostgreSQL "
-                "or SQLite), sealed payloads as they are, then check every table",
+                "or SQLite), sealed payloads as they are, then check every table; progress "
+                "on stderr",
                 cmd_copy_store).add_argument(
         "--to", required=True, metavar="URL_OR_FILE",
         help="a postgresql:// URL or a SQLite file path; it must be empty")
