@@ -1,0 +1,188 @@
+"""Issue 24, each finding reproduced the way it was found: a burst of logins from one
+address with no credentials, a token flooding 412s with a 60 KB If-Match, a server whose
+stderr pipe nobody reads, look-alike namespace and token names, a padded admin JWT.
+
+Memory and speed figures are printed by bench/attack.py; these tests assert counts,
+bounds and answers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from _reliability import MiB, proc_status, raw_burst, wait_for
+from conftest import AdminClient, assert_json_error, ns_path, object_path, quoted, run_workers, running_server
+
+BOTH_STORES = True
+PASSWORD = "the right password 123"
+METRICS_TOKEN = "security-metrics-token-0123456789"
+SCRYPT_BUFFER = 32 * MiB
+
+
+def metric(server, name: str) -> float:
+    answer = server.request("GET", "/metrics",
+                            headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert answer.status == 200, answer
+    match = re.search(rf"^{re.escape(name)} (\S+)$", answer.body.decode(), re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def login_request(password: str) -> bytes:
+    body = json.dumps({"password": password}).encode()
+    return (b"POST /admin/api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
+# -- 1. logins ------------------------------------------------------------------------------
+
+def test_a_login_burst_checks_at_most_the_allowed_passwords_in_bounded_memory(make_server):
+    """200 logins at once from one address, spread over two processes on one store: at most
+    MAX_LOGIN_FAILURES (5) passwords are checked in all, every connection gets 401 or 429,
+    and neither process grows by more than a few scrypt buffers (32 MiB each)."""
+    env = {"ADMIN_PASSWORD": PASSWORD, "METRICS_TOKEN": METRICS_TOKEN}
+    first = make_server(env=env)
+    second = make_server(env=env, start=False, workdir=first.workdir)
+    second.database_url = first.database_url  # the same store: SQLite file or PostgreSQL
+    second.start()
+    servers = (first, second)
+    before = [proc_status(server.process.pid)["rss"] for server in servers]
+    failed_before = first.log().count("login-failed")
+
+    answers = run_bursts(servers, login_request("a-wrong-password-42"), 100)
+
+    failed = first.log().count("login-failed") - failed_before
+    assert failed <= 5, f"{failed} wrong passwords were checked (the limit is 5)"
+    statuses = sorted(answer.status if answer else 0 for answer in answers)
+    assert set(statuses) <= {401, 429} and statuses.count(401) <= failed, statuses
+    checked = sum(metric(server, "oxsync_password_checks_total") for server in servers)
+    assert checked == failed, (checked, failed)
+    grown = [proc_status(server.process.pid)["peak"] - baseline
+             for server, baseline in zip(servers, before)]
+    assert max(grown) <= 4 * SCRYPT_BUFFER, f"grew by {max(grown) / MiB:.0f} MiB in the burst"
+    # Locked out afterwards: even the right password is refused, without a check.
+    assert_json_error(AdminClient(first).login(PASSWORD, expect=429), 429, "failed logins")
+    assert sum(metric(server, "oxsync_password_checks_total") for server in servers) == checked
+    print(f"\n[security/login burst] 200 logins at once: {failed} passwords checked, "
+          f"{statuses.count(429)} answered 429; peak memory +{max(grown) / MiB:.0f} MiB")
+
+
+def run_bursts(servers, payload: bytes, count: int) -> list:
+    """`count` connections to each server, all sent at once -> every answer."""
+    bursts = run_workers(*[lambda s=s: raw_burst(s.port, payload, count) for s in servers],
+                         barrier=True)
+    return [answer for answers in bursts for answer in answers]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, store_kind):
+    """One server for the tests that need no settings of their own (logins never lock out)."""
+    with running_server(tmp_path_factory.mktemp("security"), {
+            "ADMIN_PASSWORD": PASSWORD, "ADMIN_JWT_SECRET": "security-tests-jwt-secret-0123456789ab",
+            "METRICS_TOKEN": METRICS_TOKEN, "MAX_LOGIN_FAILURES": "100000"},
+            store_kind=store_kind) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def admin(shared) -> AdminClient:
+    client = AdminClient(shared)
+    client.login()
+    return client
+
+
+# -- 4b. admin JWTs -------------------------------------------------------------------------
+
+def test_a_session_jwt_is_accepted_only_in_its_one_base64url_spelling(admin):
+    """An admin JWT verified with '==' added to its signature: base64url is now decoded
+    strictly (no padding, only the URL-safe alphabet, the canonical last character)."""
+    header, claims, signature = admin.session.split(".")
+    last = signature[-1]
+    sibling = "AEIMQUYcgkosw048"[("AEIMQUYcgkosw048".index(last) + 1) % 16] \
+        if last in "AEIMQUYcgkosw048" else last  # same decoded bytes, other low bits
+    variants = {"padded ==": f"{header}.{claims}.{signature}==",
+                "padded =": f"{header}.{claims}.{signature}=",
+                "standard alphabet": f"{header}.{claims}.{signature.replace('-', '+')}+",
+                "stray character": f"{header}.{claims}.{signature[:10]}!{signature[10:]}",
+                "non-canonical last character": f"{header}.{claims}.{signature[:-1]}{sibling}",
+                "padded claims": f"{header}.{claims}=.{signature}"}
+    assert admin.get("/admin/api/me").status == 200
+    for what, token in variants.items():
+        if token == admin.session:
+            continue
+        answer = admin.server.request("GET", "/admin/api/me",
+                                      headers={"Cookie": f"oxsync_session={token}"})
+        assert answer.status == 401, (what, answer)
+        assert_json_error(answer, 401)
+
+
+# -- 3. logs --------------------------------------------------------------------------------
+
+def conflict_flood(server, token: str, namespace: str, count: int, if_match: str,
+                   connections: int = 1) -> list[int]:
+    """`count` object PUTs (spread over a few connections) that all answer 412 -> statuses."""
+    path = object_path(namespace, "structured/" + "p" * 900 + ".json")
+    assert server.request("PUT", path, b"{}", token=token).status == 201
+
+    def flood(share: int) -> list[int]:
+        connection = server.connect()
+        try:
+            return [server.request("PUT", path, b"{}", token=token, connection=connection,
+                                   headers={"If-Match": if_match}).status
+                    for _ in range(share)]
+        finally:
+            connection.close()
+    shares = run_workers(*[lambda: flood(count // connections)] * connections)
+    return [status for share in shares for status in share]
+
+
+def test_a_412_flood_with_a_60_kb_if_match_writes_short_log_lines(shared, ns):
+    """Each 412 once logged the whole If-Match (up to 64 KiB) and the object path: 300
+    conflicts now add short lines only."""
+    before = len(shared.log())
+    statuses = conflict_flood(shared, shared.token, ns, 300, '"' + "e" * 60000 + '"')
+    assert statuses == [412] * 300
+    added = shared.log()[before:]
+    lines = [line for line in added.splitlines() if "412 conflict" in line]
+    assert len(lines) == 300, len(lines)
+    longest = max(len(line) for line in lines)
+    assert longest <= 600 and "(60000 chars)" in lines[0], lines[0][:800]
+    assert len(added) <= 300 * 1000, f"the flood added {len(added)} bytes of log"
+
+
+def test_a_blocked_stderr_pipe_neither_grows_memory_nor_holds_up_sigterm(make_server, ns):
+    """stderr is a pipe nobody reads: the log queue once grew without bound and SIGTERM then
+    hung. Requests go on being answered, memory stays bounded, lines are dropped and
+    counted (/metrics), and SIGTERM ends the process."""
+    server = make_server(env={"METRICS_TOKEN": METRICS_TOKEN}, start=False)
+    process = subprocess.Popen(server.serve_command(), cwd=server.workdir, env=server.env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    server.process = process  # for wait_ready; ended here, not by the fixture
+    try:
+        server.wait_ready()
+        token = server.create_token()
+        baseline = proc_status(process.pid)["rss"]
+        statuses = conflict_flood(server, token, ns, 6000, '"' + "e" * 16000 + '"', 4)
+        assert statuses == [412] * 6000
+        grown = proc_status(process.pid)["rss"] - baseline
+        dropped = metric(server, "oxsync_log_lines_dropped")
+        assert grown <= 64 * MiB, f"grew by {grown / MiB:.0f} MiB with stderr blocked"
+        assert dropped >= 1000, dropped
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(20)  # a generous bound, not a timing: it once never exited
+        assert code == 0, code
+    finally:
+        server.process = None
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    print(f"\n[security/blocked log] 6000 conflicts with stderr blocked: +{grown / MiB:.0f} "
+          f"MiB, {dropped:.0f} lines dropped, SIGTERM exit {code}")
