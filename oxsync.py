@@ -424,6 +424,118 @@ def check_namespace(name: str) -> str:
     return name
 
 
+# Look-alike names. 'team/bob' and 'team/bоb' (Cyrillic о) look the same in a list, and so
+# do 'bob' and fullwidth 'ｂｏｂ'. A NEW namespace or token name must therefore be
+#   1. NFKC-normalised (fullwidth, ligatures and other compatibility forms are refused,
+#      with the normal form suggested);
+#   2. of one script per part (namespaces: per '/'-segment; token names: per word), where
+#      Latin may join Han with Hiragana/Katakana, Bopomofo or Hangul (the combinations of
+#      Unicode's "highly restrictive" profile, UTS #39), so 'münchen-team' and '東京.sync'
+#      are fine and 'bоb' is not;
+#   3. not confusable with an existing name: the same skeleton (NFKC, the look-alike
+#      letters and digits of CONFUSABLES mapped to Latin, case-folded).
+# Names stored before this rule (or copied in with copy-store/restore) keep working; the
+# lists (admin page, 'namespace list', 'token list') flag those that break it.
+# The standard library has no script property and no confusables table, so both are
+# approximated: a character's script is the first word of its Unicode name (LATIN,
+# CYRILLIC, GREEK, CJK ...), and CONFUSABLES lists the common Cyrillic/Greek/Latin
+# look-alikes only (README, "Look-alike names", says what this misses).
+
+SCRIPT_WORDS = {"CJK": "Han", "IDEOGRAPHIC": "Han", "KATAKANA-HIRAGANA": "Katakana"}
+SCRIPT_MIXES = ({"Latin", "Han", "Hiragana", "Katakana"}, {"Latin", "Han", "Bopomofo"},
+                {"Latin", "Han", "Hangul"})
+CONFUSABLES = str.maketrans(  # Cyrillic, Greek, then Latin and digits
+    "АВЕКМНОРСТХУІЈЅӀавекмнорстхуіјѕһԁԛԝүӏѵ"
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαβεηικμνορτυχγϲ"
+    "ıɑɡ01I",
+    "ABEKMHOPCTXYIJSIabekmhopctxyijshdqwylv"
+    "ABEZHIKMNOPTYXabenikuvoptuxyc"
+    "iagOll")
+
+
+def char_script(char: str) -> str | None:
+    """The script of a letter or digit; None for what every script shares (ASCII digits
+    and punctuation, marks, symbols, spaces)."""
+    category = unicodedata.category(char)
+    if char.isascii() and not char.isalpha() or category[0] != "L" and category != "Nd":
+        return None
+    word = unicodedata.name(char, "UNKNOWN").split()[0]
+    return SCRIPT_WORDS.get(word, word.title())
+
+
+def mixed_scripts(part: str) -> set[str]:
+    """The scripts of a segment or word when they are a mix the rule does not allow."""
+    scripts = {script for script in map(char_script, part) if script}
+    if len(scripts) <= 1 or any(scripts <= mix for mix in SCRIPT_MIXES):
+        return set()
+    return scripts
+
+
+def skeleton(name: str) -> str:
+    """What a name looks like: names with the same skeleton are confusable."""
+    return unicodedata.normalize("NFKC", name).translate(CONFUSABLES).casefold()
+
+
+def name_problem(name: str, parts: list[str]) -> str | None:
+    """Why a name breaks rules 1 and 2 above, or None."""
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:
+        return f"is not in Unicode normal form NFKC (use {normal!r})"
+    if any(unicodedata.category(char) == "Cf" for char in name):
+        return "contains an invisible formatting character"
+    for part in parts:
+        scripts = mixed_scripts(part)
+        if scripts:
+            return f"mixes scripts ({', '.join(sorted(scripts))}) in {part!r}"
+    return None
+
+
+def name_parts(name: str, kind: str) -> list[str]:
+    return name.split("/") if kind == "namespace" else re.split(r"[\W_]+", name)
+
+
+def check_new_name(name: str, kind: str, existing, show_twin: bool = True) -> str:
+    """Rules 1-3 for a new namespace or token name -> the name, or BadName. `existing`:
+    the names already there; `show_twin`: name the one it looks like."""
+    problem = name_problem(name, name_parts(name, kind))
+    if problem:
+        raise BadName(f"{kind} name {name!r} {problem}; look-alike names are refused")
+    shape = skeleton(name)
+    twin = next((other for other in existing if other != name and skeleton(other) == shape),
+                None)
+    if twin is not None:
+        which = f" {twin!r}" if show_twin else ""
+        raise BadName(f"{kind} name {name!r} looks like an existing {kind}{which}; choose "
+                      "a name that differs in more than script, width or case")
+    return name
+
+
+def name_warnings(names: list[str], kind: str) -> dict[str, str]:
+    """Names stored before the look-alike rule that break it -> what is wrong, for lists."""
+    by_shape: dict[str, list[str]] = {}
+    for name in names:
+        by_shape.setdefault(skeleton(name), []).append(name)
+    warnings = {}
+    for name in names:
+        twins = [other for other in by_shape[skeleton(name)] if other != name]
+        problem = name_problem(name, name_parts(name, kind))
+        if twins:
+            problem = f"looks like {', '.join(map(repr, twins[:3]))}" + \
+                (f"; {problem}" if problem else "")
+        if problem:
+            warnings[name] = problem
+    return warnings
+
+
+def flag_lookalikes(views: list[dict], kind: str) -> list[dict]:
+    """Each listed namespace or token gets 'nameWarning': what is wrong with its name, or
+    None (shown by the admin page and the CLI lists)."""
+    warnings = name_warnings([view["name"] for view in views], kind)
+    for view in views:
+        view["nameWarning"] = warnings.get(view["name"])
+    return views
+
+
 def check_object_path(path: str) -> str:
     if not 1 <= len(path) <= 1024:
         raise BadName(f"object path must be 1 to 1024 characters, got {len(path)}")
@@ -801,6 +913,14 @@ class Records:
         """An empty namespace -> False when it exists already."""
         return self.run("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
                         "ON CONFLICT (name) DO NOTHING", (name, now)).rowcount > 0
+
+    def namespace_names(self) -> list[str]:
+        """Every namespace's name, deleted ones too (after lock_namespace_names)."""
+        return [row[0] for row in self.all("SELECT name FROM namespaces")]
+
+    def lock_namespace_names(self) -> None:
+        """For creating a namespace: two look-alike names must not both pass the check."""
+        self.lock("namespace names")
 
     def live_namespaces(self) -> list[str]:
         return [row[0] for row in self.all("SELECT name FROM namespaces "
@@ -2406,7 +2526,8 @@ def create_token(tx: Records, name: str, pattern: str, permissions: str,
                  expires_at: float | None) -> tuple[str, str]:
     """-> (token id, raw token). The raw token is never stored."""
     token_id, raw, now = secrets.token_hex(6), new_token_secret(), time.time()
-    tx.insert_token(token_id, check_token_name(name), hash_token(raw), check_pattern(pattern),
+    name = check_new_name(check_token_name(name), "token", [row["name"] for row in tx.tokens()])
+    tx.insert_token(token_id, name, hash_token(raw), check_pattern(pattern),
                     parse_permissions(permissions), check_expiry(expires_at, now), now)
     return token_id, raw
 
@@ -3561,7 +3682,14 @@ def not_modified(request, etag: str | None) -> Response | None:
 
 
 def writable_namespace(tx: Records, namespace: str, now: float):
-    """The namespace's row, with its write turn taken (created empty if it is new)."""
+    """The namespace's row, with its write turn taken (created empty if it is new, when
+    its name passes the look-alike rule)."""
+    if tx.lock_namespace(namespace) is None:
+        tx.lock_namespace_names()
+        try:  # the look-alike is not named: it may be outside the token's scope
+            check_new_name(namespace, "namespace", tx.namespace_names(), show_twin=False)
+        except BadName as error:
+            raise HTTPError(400, str(error)) from None
     row = tx.lock_namespace(namespace, now)
     if row["deleted_at"] is not None:
         raise namespace_deleted(namespace)
@@ -4299,7 +4427,7 @@ def admin_tokens(request):
     request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read() as tx:
         rows = tx.tokens()
-    return json_response({"tokens": [token_view(row) for row in rows]})
+    return json_response({"tokens": flag_lookalikes([token_view(row) for row in rows], "token")})
 
 
 @route("POST", "/admin/api/tokens")
@@ -4337,13 +4465,15 @@ def admin_update_token(request, token_id):
             changes["expires_at"] = check_expiry(expiry_field(body), time.time())
         except ValueError as error:
             raise HTTPError(400, f"expiresAt: {error}") from None
-    if "name" in body:
-        try:
-            changes["name"] = check_token_name(field(body, "name", str))
-        except ValueError as error:
-            raise HTTPError(400, str(error)) from None
     with request.app.store.write() as tx:
         existing_token(tx, token_id)
+        if "name" in body:
+            try:
+                changes["name"] = check_new_name(
+                    check_token_name(field(body, "name", str)), "token",
+                    [row["name"] for row in tx.tokens() if row["id"] != token_id])
+            except ValueError as error:
+                raise HTTPError(400, str(error)) from None
         if changes:
             tx.update_token(token_id, **changes)
         row = existing_token(tx, token_id)
@@ -4385,7 +4515,7 @@ def existing_namespace(tx: Records, name: str) -> dict:
 def admin_namespaces(request):
     admin_session(request)
     with request.app.store.read() as tx:
-        return json_response({"namespaces": tx.namespace_views()})
+        return json_response({"namespaces": flag_lookalikes(tx.namespace_views(), "namespace")})
 
 
 @route("POST", "/admin/api/namespaces")
@@ -4396,8 +4526,14 @@ def admin_create_namespace(request):
     except BadName as error:
         raise HTTPError(400, str(error)) from None
     with request.app.store.write() as tx:
-        if not tx.create_namespace(name, time.time()):
+        tx.lock_namespace_names()
+        if tx.namespace(name) is not None:
             raise HTTPError(409, f"namespace {name!r} already exists")
+        try:
+            check_new_name(name, "namespace", tx.namespace_names())
+        except BadName as error:
+            raise HTTPError(400, str(error)) from None
+        tx.create_namespace(name, time.time())
         view = existing_namespace(tx, name)
     audit(request, "create-namespace", f"namespace={name!r}")
     return json_response({"namespace": view}, 201)
@@ -5121,7 +5257,7 @@ def cmd_token_create(args) -> int:
 
 def cmd_token_list(args) -> int:
     with cli_store(args).read() as tx:
-        tokens = [token_view(row) for row in tx.tokens()]
+        tokens = flag_lookalikes([token_view(row) for row in tx.tokens()], "token")
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
@@ -5129,7 +5265,8 @@ def cmd_token_list(args) -> int:
                              ("permissions", "PERMISSIONS"), ("enabled", "ENABLED"),
                              ("expiresAt", "EXPIRES"), ("useCount", "USES"),
                              ("lastUsedAt", "LAST USED"), ("lastNamespace", "LAST NAMESPACE"),
-                             ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT")])
+                             ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT"),
+                             ("nameWarning", "NAME WARNING")])
     return 0
 
 
@@ -5156,7 +5293,7 @@ def cmd_token_change(args) -> int:
 
 def cmd_namespace_list(args) -> int:
     with cli_store(args).read() as tx:
-        views = tx.namespace_views()
+        views = flag_lookalikes(tx.namespace_views(), "namespace")
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -5165,7 +5302,8 @@ def cmd_namespace_list(args) -> int:
                             ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
                             ("objectBytes", "OBJECT BYTES"),
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
-                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE")])
+                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE"),
+                            ("nameWarning", "NAME WARNING")])
     return 0
 
 
