@@ -527,10 +527,10 @@ def name_warnings(names: list[str], kind: str) -> dict[str, str]:
     return warnings
 
 
-def flag_lookalikes(views: list[dict], kind: str) -> list[dict]:
-    """Each listed namespace or token gets 'nameWarning': what is wrong with its name, or
-    None (shown by the admin page and the CLI lists)."""
-    warnings = name_warnings([view["name"] for view in views], kind)
+def flag_lookalikes(views: list[dict], kind: str, among: list[str] | None = None) -> list[dict]:
+    """Each namespace or token view gets 'nameWarning': what is wrong with its name, or None
+    (shown by the admin page and the CLI lists). `among`: all names, when `views` is not."""
+    warnings = name_warnings([view["name"] for view in views] if among is None else among, kind)
     for view in views:
         view["nameWarning"] = warnings.get(view["name"])
     return views
@@ -4508,7 +4508,7 @@ def existing_namespace(tx: Records, name: str) -> dict:
     views = tx.namespace_views(name)
     if not views:
         raise HTTPError(404, f"no namespace named {name!r}")
-    return views[0]
+    return flag_lookalikes(views, "namespace", tx.namespace_names())[0]
 
 
 @route("GET", "/admin/api/namespaces")
@@ -5009,7 +5009,7 @@ class LogWriter(threading.Thread):
             if None in batch:
                 return
 
-    def stop(self, wait: float = 3.0) -> bool:
+    def stop(self, wait: float = 2.0) -> bool:
         """Write what is still queued, then end -> False when the log stayed blocked for
         `wait` seconds (the process must then exit without waiting on stderr)."""
         self.records.put(None)

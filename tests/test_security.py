@@ -7,19 +7,17 @@ bounds and answers."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
 
-from _reliability import MiB, proc_status, raw_burst, wait_for
-from conftest import AdminClient, assert_json_error, db_change, ns_path, object_path, quoted, run_workers, running_server
+from _reliability import MiB, proc_status, raw_burst, raw_request
+from conftest import (AdminClient, assert_json_error, db_change, object_path, run_workers,
+                      running_server)
 
 BOTH_STORES = True
 PASSWORD = "the right password 123"
@@ -85,17 +83,17 @@ def run_bursts(servers, payload: bytes, count: int) -> list:
 def shared(tmp_path_factory, store_kind):
     """One server for the tests that need no settings of their own (logins never lock out)."""
     with running_server(tmp_path_factory.mktemp("security"), {
-            "ADMIN_PASSWORD": PASSWORD, "ADMIN_JWT_SECRET": "security-tests-jwt-secret-0123456789ab",
+            "ADMIN_PASSWORD": PASSWORD, "ADMIN_JWT_SECRET": "security-tests-jwt-secret-0123456",
             "METRICS_TOKEN": METRICS_TOKEN, "MAX_LOGIN_FAILURES": "100000"},
             store_kind=store_kind) as server:
+        server.admin = AdminClient(server)  # logged in once for the module
+        server.admin.login()
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def admin(shared) -> AdminClient:
-    client = AdminClient(shared)
-    client.login()
-    return client
+    return shared.admin
 
 
 # -- 4b. admin JWTs -------------------------------------------------------------------------
@@ -255,3 +253,21 @@ def test_lookalike_token_names_are_refused_and_old_ones_flagged(shared, admin):
               (f"lаptop {suffix}", created.json["token"]["id"]))
     tokens = {t["id"]: t for t in admin.get("/admin/api/tokens").json["tokens"]}
     assert "mixes scripts" in tokens[created.json["token"]["id"]]["nameWarning"]
+
+
+def test_a_repeated_warning_is_written_once_per_interval_with_a_count(make_server):
+    """Each connection over MAX_CONNECTIONS logged its own warning: 40 of them now make
+    one line, and the next one says how many were left out."""
+    server = make_server(env={"MAX_CONNECTIONS": "2"})
+    held = [server.connect() for _ in range(2)]
+    try:
+        for connection in held:  # both accepted and counted: the limit is reached
+            assert server.request("GET", "/health", connection=connection).status == 200
+        refused = [raw_request(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").status
+                   for _ in range(40)]
+    finally:
+        for connection in held:
+            connection.close()
+    assert refused == [503] * 40, refused
+    lines = [line for line in server.log().splitlines() if "connection limit (2)" in line]
+    assert 1 <= len(lines) <= 3, lines
