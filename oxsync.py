@@ -3533,7 +3533,9 @@ class App:
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
         received = request.body_length if getattr(request, "body_read", False) else 0
-        self.metrics.observe(template, request.command or "-", response.status, seconds,
+        # A method nobody routes counts as OTHER: each made-up one would be a series forever.
+        method = request.command if request.command in HTTP_METHODS else "OTHER"
+        self.metrics.observe(template, method, response.status, seconds,
                              received, getattr(request, "bytes_sent", 0))
         level = logging.DEBUG if template in ("/health", "/ready") else logging.INFO
         if access_log.isEnabledFor(level):
@@ -3544,6 +3546,7 @@ class App:
 
 
 ACCESS_LINE = "%s %s %s %d %dB %.1fms token=%s"
+HTTP_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"))
 
 
 def cors_preflight(request: RequestHandler, **_) -> Response:

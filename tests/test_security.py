@@ -292,3 +292,16 @@ def test_a_repeated_warning_is_written_once_per_interval_with_a_count(make_serve
     assert refused == [503] * 40, refused
     lines = [line for line in server.log().splitlines() if "connection limit (2)" in line]
     assert 1 <= len(lines) <= 3, lines
+
+
+def test_made_up_methods_do_not_grow_the_metrics(shared):
+    """Each made-up method once became a /metrics series of its own, kept forever: a
+    stranger could grow the server's memory and the /metrics answer without end."""
+    methods = [f"X{uuid.uuid4().hex.upper()}" for _ in range(30)]
+    for method in methods:
+        assert raw_request(shared.port, f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode()) \
+            .status == 405
+    answer = shared.request("GET", "/metrics",
+                            headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).body.decode()
+    assert not any(method in answer for method in methods)
+    assert 'method="OTHER",status="405"' in answer
