@@ -575,7 +575,6 @@ def clip(value, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
-
 def clip_strings(values: tuple) -> tuple:
     return tuple(clip(value) if isinstance(value, str) else value for value in values)
 
