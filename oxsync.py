@@ -4928,11 +4928,13 @@ class RepeatLimit:
         if now < self.next_allowed.get(key, 0.0):
             self.skipped[key] = self.skipped.get(key, 0) + 1
             return False
+        if len(self.next_allowed) > 1000:  # messages built without a template: start over
+            self.next_allowed.clear()
+            self.skipped.clear()
         self.next_allowed[key] = now + self.INTERVAL
         skipped = self.skipped.pop(key, 0)
         if skipped:
-            record.msg = f"{record.msg} ({skipped} more like this in the last " \
-                         f"{self.INTERVAL:.0f}s left out)"
+            record.msg = f"{record.msg} ({skipped} more like this left out since the last one)"
         return True
 
 
