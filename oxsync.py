@@ -441,6 +441,118 @@ def check_namespace(name: str) -> str:
     return name
 
 
+# Look-alike names. 'team/bob' and 'team/bоb' (Cyrillic о) look the same in a list, and so
+# do 'bob' and fullwidth 'ｂｏｂ'. A NEW namespace or token name must therefore be
+#   1. NFKC-normalised (fullwidth, ligatures and other compatibility forms are refused,
+#      with the normal form suggested);
+#   2. of one script per part (namespaces: per '/'-segment; token names: per word), where
+#      Latin may join Han with Hiragana/Katakana, Bopomofo or Hangul (the combinations of
+#      Unicode's "highly restrictive" profile, UTS #39), so 'münchen-team' and '東京.sync'
+#      are fine and 'bоb' is not;
+#   3. not confusable with an existing name: the same skeleton (NFKC, the look-alike
+#      letters and digits of CONFUSABLES mapped to Latin, case-folded).
+# Names stored before this rule (or copied in with copy-store/restore) keep working; the
+# lists (admin page, 'namespace list', 'token list') flag those that break it.
+# The standard library has no script property and no confusables table, so both are
+# approximated: a character's script is the first word of its Unicode name (LATIN,
+# CYRILLIC, GREEK, CJK ...), and CONFUSABLES lists the common Cyrillic/Greek/Latin
+# look-alikes only (README, "Look-alike names", says what this misses).
+
+SCRIPT_WORDS = {"CJK": "Han", "IDEOGRAPHIC": "Han", "KATAKANA-HIRAGANA": "Katakana"}
+SCRIPT_MIXES = ({"Latin", "Han", "Hiragana", "Katakana"}, {"Latin", "Han", "Bopomofo"},
+                {"Latin", "Han", "Hangul"})
+CONFUSABLES = str.maketrans(  # Cyrillic, Greek, then Latin and digits
+    "АВЕКМНОРСТХУІЈЅӀавекмнорстхуіјѕһԁԛԝүӏѵ"
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαβεηικμνορτυχγϲ"
+    "ıɑɡ01I",
+    "ABEKMHOPCTXYIJSIabekmhopctxyijshdqwylv"
+    "ABEZHIKMNOPTYXabenikuvoptuxyc"
+    "iagOll")
+
+
+def char_script(char: str) -> str | None:
+    """The script of a letter or digit; None for what every script shares (ASCII digits
+    and punctuation, marks, symbols, spaces)."""
+    category = unicodedata.category(char)
+    if char.isascii() and not char.isalpha() or category[0] != "L" and category != "Nd":
+        return None
+    word = unicodedata.name(char, "UNKNOWN").split()[0]
+    return SCRIPT_WORDS.get(word, word.title())
+
+
+def mixed_scripts(part: str) -> set[str]:
+    """The scripts of a segment or word when they are a mix the rule does not allow."""
+    scripts = {script for script in map(char_script, part) if script}
+    if len(scripts) <= 1 or any(scripts <= mix for mix in SCRIPT_MIXES):
+        return set()
+    return scripts
+
+
+def skeleton(name: str) -> str:
+    """What a name looks like: names with the same skeleton are confusable."""
+    return unicodedata.normalize("NFKC", name).translate(CONFUSABLES).casefold()
+
+
+def name_problem(name: str, parts: list[str]) -> str | None:
+    """Why a name breaks rules 1 and 2 above, or None."""
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:
+        return f"is not in Unicode normal form NFKC (use {normal!r})"
+    if any(unicodedata.category(char) == "Cf" for char in name):
+        return "contains an invisible formatting character"
+    for part in parts:
+        scripts = mixed_scripts(part)
+        if scripts:
+            return f"mixes scripts ({', '.join(sorted(scripts))}) in {part!r}"
+    return None
+
+
+def name_parts(name: str, kind: str) -> list[str]:
+    return name.split("/") if kind == "namespace" else re.split(r"[\W_]+", name)
+
+
+def check_new_name(name: str, kind: str, existing, show_twin: bool = True) -> str:
+    """Rules 1-3 for a new namespace or token name -> the name, or BadName. `existing`:
+    the names already there; `show_twin`: name the one it looks like."""
+    problem = name_problem(name, name_parts(name, kind))
+    if problem:
+        raise BadName(f"{kind} name {name!r} {problem}; look-alike names are refused")
+    shape = skeleton(name)
+    twin = next((other for other in existing if other != name and skeleton(other) == shape),
+                None)
+    if twin is not None:
+        which = f" {twin!r}" if show_twin else ""
+        raise BadName(f"{kind} name {name!r} looks like an existing {kind}{which}; choose "
+                      "a name that differs in more than script, width or case")
+    return name
+
+
+def name_warnings(names: list[str], kind: str) -> dict[str, str]:
+    """Names stored before the look-alike rule that break it -> what is wrong, for lists."""
+    by_shape: dict[str, list[str]] = {}
+    for name in names:
+        by_shape.setdefault(skeleton(name), []).append(name)
+    warnings = {}
+    for name in names:
+        twins = [other for other in by_shape[skeleton(name)] if other != name]
+        problem = name_problem(name, name_parts(name, kind))
+        if twins:
+            problem = f"looks like {', '.join(map(repr, twins[:3]))}" + \
+                (f"; {problem}" if problem else "")
+        if problem:
+            warnings[name] = problem
+    return warnings
+
+
+def flag_lookalikes(views: list[dict], kind: str, among: list[str] | None = None) -> list[dict]:
+    """Each namespace or token view gets 'nameWarning': what is wrong with its name, or None
+    (shown by the admin page and the CLI lists). `among`: all names, when `views` is not."""
+    warnings = name_warnings([view["name"] for view in views] if among is None else among, kind)
+    for view in views:
+        view["nameWarning"] = warnings.get(view["name"])
+    return views
+
+
 def check_object_path(path: str) -> str:
     if not 1 <= len(path) <= 1024:
         raise BadName(f"object path must be 1 to 1024 characters, got {len(path)}")
@@ -471,6 +583,17 @@ def pattern_matches(pattern: str, namespace: str) -> bool:
     if pattern.endswith("*"):
         return namespace.startswith(pattern[:-1])
     return namespace == pattern
+
+
+def clip(value, limit: int = 120) -> str:
+    """A client-supplied value cut short for a log line: a 64 KiB header must not become a
+    64 KiB line. The cut is marked, with the original length."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def clip_strings(values: tuple) -> tuple:
+    return tuple(clip(value) if isinstance(value, str) else value for value in values)
 
 
 ANY_ETAG = "*"
@@ -812,6 +935,14 @@ class Records:
         return self.run("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
                         "ON CONFLICT (name) DO NOTHING", (name, now)).rowcount > 0
 
+    def namespace_names(self) -> list[str]:
+        """Every namespace's name, deleted ones too (after lock_namespace_names)."""
+        return [row[0] for row in self.all("SELECT name FROM namespaces")]
+
+    def lock_namespace_names(self) -> None:
+        """For creating a namespace: two look-alike names must not both pass the check."""
+        self.lock("namespace names")
+
     def live_namespaces(self) -> list[str]:
         return [row[0] for row in self.all("SELECT name FROM namespaces "
                                            "WHERE deleted_at IS NULL ORDER BY name")]
@@ -1119,11 +1250,8 @@ class Records:
         return self.one("SELECT 1 FROM ended_sessions WHERE session_id = ?",
                         (session_id,)) is not None
 
-    def login_locked_until(self, ip: str) -> float | None:
-        return self.value("SELECT locked_until FROM login_failures WHERE ip = ?", (ip,))
-
     def login_failures(self, ip: str):
-        """The address's failure count (after lock_login)."""
+        """The address's attempt count and lockout (after lock_login)."""
         return self.one("SELECT * FROM login_failures WHERE ip = ?", (ip,))
 
     def lock_login(self, ip: str) -> None:
@@ -2790,7 +2918,8 @@ def create_token(tx: Records, name: str, pattern: str, permissions: str,
                  expires_at: float | None) -> tuple[str, str]:
     """-> (token id, raw token). The raw token is never stored."""
     token_id, raw, now = secrets.token_hex(6), new_token_secret(), time.time()
-    tx.insert_token(token_id, check_token_name(name), hash_token(raw), check_pattern(pattern),
+    name = check_new_name(check_token_name(name), "token", [row["name"] for row in tx.tokens()])
+    tx.insert_token(token_id, name, hash_token(raw), check_pattern(pattern),
                     parse_permissions(permissions), check_expiry(expires_at, now), now)
     return token_id, raw
 
@@ -3487,8 +3616,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         except BlockingIOError:
             return 0
 
-    def log_message(self, format, *args):  # http.server's own stderr lines
-        log.debug("http.server: " + format, *args)
+    def log_message(self, format, *args):  # http.server's own stderr lines (the request line)
+        log.debug("http.server: " + format, *clip_strings(args))
 
 
 class Certificate:
@@ -3678,6 +3807,7 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
         self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
+        self.totals["password_checks"] = 0
 
     def add(self, name: str, amount: int = 1) -> None:
         """For rare events (conflicts, failed authentication), so a lock is fine here."""
@@ -3747,6 +3877,7 @@ class App:
         self.started = time.monotonic()
         self.unavailable_answers, self.next_unavailable_log = 0, 0.0
         self.admin_page = load_admin_page()
+        self.password_checks = threading.BoundedSemaphore(PASSWORD_CHECKS_AT_ONCE)
 
     def disk_free(self) -> int | None:
         """Free bytes on the database's disk; None when it is not on this machine."""
@@ -3773,7 +3904,7 @@ class App:
 
     def explain_failure(self, error: Exception, request) -> HTTPError:
         """An unexpected exception as a JSON answer; the traceback goes to the log only."""
-        where = f"{request.command} {request.path[:200]}"
+        where = f"{clip(request.command, 20)} {clip(request.path)}"
         if isinstance(error, StoreFull) or getattr(error, "errno", None) == 28:
             log.error("disk full while answering %s: %s", where, error)
             return HTTPError(507, "the server's disk is full; nothing was stored; ask its "
@@ -3789,22 +3920,25 @@ class App:
         if isinstance(error, StoreError):
             log.error("database error answering %s: %s", where, error)
             return HTTPError(500, f"database error: {error}")
-        log.exception("unexpected error answering %s %s", request.command, request.path[:200])
+        log.exception("unexpected error answering %s", where)
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
         received = request.body_length if getattr(request, "body_read", False) else 0
-        self.metrics.observe(template, request.command or "-", response.status, seconds,
+        # A method nobody routes counts as OTHER: each made-up one would be a series forever.
+        method = request.command if request.command in HTTP_METHODS else "OTHER"
+        self.metrics.observe(template, method, response.status, seconds,
                              received, getattr(request, "bytes_sent", 0))
         level = logging.DEBUG if template in ("/health", "/ready") else logging.INFO
         if access_log.isEnabledFor(level):
-            fields = (request.client_ip(), request.command, template, response.status,
+            fields = (request.client_ip(), clip(request.command, 20), template, response.status,
                       getattr(request, "bytes_sent", 0), seconds * 1000,
                       getattr(request, "token_id", None) or "-")
             self.log_writer.access(level, ACCESS_LINE, fields)
 
 
 ACCESS_LINE = "%s %s %s %d %dB %.1fms token=%s"
+HTTP_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"))
 
 
 def cors_preflight(request: RequestHandler, **_) -> Response:
@@ -3943,7 +4077,14 @@ def not_modified(request, etag: str | None) -> Response | None:
 
 
 def writable_namespace(tx: Records, namespace: str, now: float):
-    """The namespace's row, with its write turn taken (created empty if it is new)."""
+    """The namespace's row, with its write turn taken (created empty if it is new, when
+    its name passes the look-alike rule)."""
+    if tx.lock_namespace(namespace) is None:
+        tx.lock_namespace_names()
+        try:  # the look-alike is not named: it may be outside the token's scope
+            check_new_name(namespace, "namespace", tx.namespace_names(), show_twin=False)
+        except BadName as error:
+            raise HTTPError(400, str(error)) from None
     row = tx.lock_namespace(namespace, now)
     if row["deleted_at"] is not None:
         raise namespace_deleted(namespace)
@@ -3964,7 +4105,7 @@ def conflict_or_none(tx: Records, request, conditions, namespace: str, operation
                     remote_revision=current_revision)
     request.app.metrics.add("conflicts")
     log.info("412 conflict on %s of namespace %r%s: sent %s, current %s", operation, namespace,
-             f" path {path!r}" if path else "", requested, current_etag)
+             f" path {clip(path)!r}" if path else "", clip(requested), current_etag)
     what = "object" if operation == "object" else "snapshot"
     return ConflictError(f"Remote {what} changed before upload completed", current_etag,
                          current_revision)
@@ -4190,7 +4331,8 @@ def metrics(request):
         raise HTTPError(401, "metrics need 'Authorization: Bearer <METRICS_TOKEN>'")
     gauges = {"database_bytes": app.store.size_bytes(), "disk_free_bytes": app.disk_free(),
               "open_connections": app.watch.open_connections(),
-              "encryption_enabled": int(app.sealer.enabled)}
+              "encryption_enabled": int(app.sealer.enabled),
+              "log_lines_dropped": app.log_writer.dropped.total()}
     if gauges["disk_free_bytes"] is None:  # the database is not on this machine
         del gauges["disk_free_bytes"]
     if app.certificate and app.certificate.expires_at:
@@ -4337,7 +4479,14 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url (RFC 7515 section 2): the alphabet only, no padding, and the one
+    canonical spelling, so a token has exactly one accepted form."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(data) != text:
+        raise ValueError("not the canonical base64url spelling")
+    return data
 
 
 def jwt_encode(claims: dict, secret: bytes) -> str:
@@ -4445,24 +4594,24 @@ def login_delay_hash() -> str:
     return _dummy_hash[0]
 
 
-def login_lock_seconds(tx: Records, ip: str, now: float) -> int:
-    locked_until = tx.login_locked_until(ip)
-    return int(locked_until - now) + 1 if locked_until and locked_until > now else 0
+def count_login_attempt(tx: Records, config: Config, ip: str, now: float) -> tuple[int, bool]:
+    """Count an attempt BEFORE its password is checked (whether or not it gets a turn to be
+    checked) -> (0, whether a failure locks the address out) to go ahead, or (seconds the
+    address stays locked out, True).
 
-
-def record_login_failure(tx: Records, config: Config, ip: str, now: float) -> bool:
-    """Count a failed login (every process counts into the same row) -> True when it
-    locks the address out."""
+    Under the address's lock (one row shared by every process), so a burst of any size
+    checks at most MAX_LOGIN_FAILURES passwords per window: the attempt that reaches the
+    limit sets the lockout at once, and a login that succeeds clears the row again."""
     tx.lock_login(ip)
     row = tx.login_failures(ip)
     if row and row["locked_until"] and row["locked_until"] > now:
-        return True  # already locked by a failure that finished first
+        return int(row["locked_until"] - now) + 1, True
     fresh = row is None or now - row["window_start"] > config.login_window_seconds
-    failures = 1 if fresh else row["failures"] + 1
-    locked = failures >= config.max_login_failures
-    tx.set_login_failures(ip, 0 if locked else failures, now if fresh else row["window_start"],
-                          now + config.login_lockout_seconds if locked else None)
-    return locked
+    attempts = 1 if fresh else row["failures"] + 1
+    last = attempts >= config.max_login_failures
+    tx.set_login_failures(ip, 0 if last else attempts, now if fresh else row["window_start"],
+                          now + config.login_lockout_seconds if last else None)
+    return 0, last
 
 
 def in_words(seconds: float) -> str:
@@ -4479,26 +4628,41 @@ def locked_out(seconds: int) -> HTTPError:
                           "unlock'.", headers=[("Retry-After", str(seconds))])
 
 
+PASSWORD_CHECKS_AT_ONCE = 2  # scrypt needs 32 MiB each: a burst of logins must not add up
+
+
+@contextlib.contextmanager
+def password_check_turn(app: App):
+    """One of the few turns to run scrypt, or 429 at once (without reading a hash)."""
+    if not app.password_checks.acquire(blocking=False):
+        raise HTTPError(429, "the server is checking other logins right now; try again in a "
+                             "second", headers=[("Retry-After", "1")])
+    try:
+        yield
+    finally:
+        app.password_checks.release()
+
+
 @route("POST", "/admin/api/login")
 def admin_login(request):
-    app, ip, now = request.app, request.client_ip(), time.time()
-    with app.store.read() as tx:
-        wait = login_lock_seconds(tx, ip, now)
-    if wait:
-        raise locked_out(wait)
+    app, ip = request.app, request.client_ip()
     body = admin_body(request)
     username = field(body, "username", str, required=False) or app.config.admin_username
     password = field(body, "password", str)
-    with app.store.read() as tx:
-        user = tx.admin_user(username)
-    valid = verify_password(password, user["password_hash"] if user else login_delay_hash())
+    with app.store.write() as tx:  # counted before the check, even if it never runs
+        wait, locks = count_login_attempt(tx, app.config, ip, time.time())
+        user = tx.admin_user(username) if not wait else None
+    if wait:
+        raise locked_out(wait)
+    with password_check_turn(app):
+        app.metrics.add("password_checks")
+        valid = verify_password(password, user["password_hash"] if user else
+                                login_delay_hash())
     if not (valid and user and user["enabled"]):
-        with app.store.write() as tx:  # the lockout runs from now, not from before scrypt
-            locked = record_login_failure(tx, app.config, ip, time.time())
         # An unknown name may be a password typed into the wrong field: never log it.
         audit(request, "login-failed", f"username={username!r}" if user else
               f"unknown username ({len(username)} characters)")
-        if locked:
+        if locks:
             raise locked_out(app.config.login_lockout_seconds)
         raise HTTPError(401, "wrong username or password")
     with app.store.write() as tx:
@@ -4668,7 +4832,7 @@ def admin_tokens(request):
     request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read() as tx:
         rows = tx.tokens()
-    return json_response({"tokens": [token_view(row) for row in rows]})
+    return json_response({"tokens": flag_lookalikes([token_view(row) for row in rows], "token")})
 
 
 @route("POST", "/admin/api/tokens")
@@ -4706,13 +4870,15 @@ def admin_update_token(request, token_id):
             changes["expires_at"] = check_expiry(expiry_field(body), time.time())
         except ValueError as error:
             raise HTTPError(400, f"expiresAt: {error}") from None
-    if "name" in body:
-        try:
-            changes["name"] = check_token_name(field(body, "name", str))
-        except ValueError as error:
-            raise HTTPError(400, str(error)) from None
     with request.app.store.write() as tx:
         existing_token(tx, token_id)
+        if "name" in body:
+            try:
+                changes["name"] = check_new_name(
+                    check_token_name(field(body, "name", str)), "token",
+                    [row["name"] for row in tx.tokens() if row["id"] != token_id])
+            except ValueError as error:
+                raise HTTPError(400, str(error)) from None
         if changes:
             tx.update_token(token_id, **changes)
         row = existing_token(tx, token_id)
@@ -4747,14 +4913,14 @@ def existing_namespace(tx: Records, name: str) -> dict:
     views = tx.namespace_views(name)
     if not views:
         raise HTTPError(404, f"no namespace named {name!r}")
-    return views[0]
+    return flag_lookalikes(views, "namespace", tx.namespace_names())[0]
 
 
 @route("GET", "/admin/api/namespaces")
 def admin_namespaces(request):
     admin_session(request)
     with request.app.store.read() as tx:
-        return json_response({"namespaces": tx.namespace_views()})
+        return json_response({"namespaces": flag_lookalikes(tx.namespace_views(), "namespace")})
 
 
 @route("POST", "/admin/api/namespaces")
@@ -4765,8 +4931,14 @@ def admin_create_namespace(request):
     except BadName as error:
         raise HTTPError(400, str(error)) from None
     with request.app.store.write() as tx:
-        if not tx.create_namespace(name, time.time()):
+        tx.lock_namespace_names()
+        if tx.namespace(name) is not None:
             raise HTTPError(409, f"namespace {name!r} already exists")
+        try:
+            check_new_name(name, "namespace", tx.namespace_names())
+        except BadName as error:
+            raise HTTPError(400, str(error)) from None
+        tx.create_namespace(name, time.time())
         view = existing_namespace(tx, name)
     audit(request, "create-namespace", f"namespace={name!r}")
     return json_response({"namespace": view}, 201)
@@ -5104,10 +5276,12 @@ class LineFormatter(logging.Formatter):
         self.json_lines = style == "json"
         self._second = [None, ""]  # the last second formatted, and its text
 
+    MAX_MESSAGE = 4000  # a backstop: client-supplied values are clipped where they are logged
+
     def format(self, record):
         exception = self.formatException(record.exc_info) if record.exc_info else None
-        return self.line(record.created, record.levelno, record.name, record.getMessage(),
-                         exception)
+        return self.line(record.created, record.levelno, record.name,
+                         clip(record.getMessage(), self.MAX_MESSAGE), exception)
 
     def line(self, created: float, level: int, name: str, message: str,
              exception: str | None = None) -> str:
@@ -5125,12 +5299,59 @@ class LineFormatter(logging.Formatter):
         return f"{line}\n{exception}" if exception else line
 
 
+class Tally:
+    """A count that request threads add to without a lock (see LOCK_FREE): next() on an
+    itertools.count is one atomic step, and its repr, 'count(N)', reads N without adding."""
+
+    def __init__(self):
+        self._count = itertools.count()
+
+    def add(self) -> None:
+        next(self._count)
+
+    def total(self) -> int:
+        return int(repr(self._count)[len("count("):-1])
+
+
+class RepeatLimit:
+    """Warnings and errors from the same line of code at most once per INTERVAL seconds;
+    the next one that passes says how many were left out. (A flood of refused requests
+    must not become a flood of log lines.)"""
+
+    INTERVAL = 10.0
+
+    def __init__(self):
+        self.next_allowed: dict[tuple, float] = {}
+        self.skipped: dict[tuple, int] = {}
+
+    def __call__(self, record) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key, now = (record.name, record.msg), time.monotonic()
+        if now < self.next_allowed.get(key, 0.0):
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+            return False
+        if len(self.next_allowed) > 1000:  # messages built without a template: start over
+            self.next_allowed.clear()
+            self.skipped.clear()
+        self.next_allowed[key] = now + self.INTERVAL
+        skipped = self.skipped.pop(key, 0)
+        if skipped:
+            record.msg = f"{record.msg} ({skipped} more like this left out since the last one)"
+        return True
+
+
 class RecordQueue(logging.handlers.QueueHandler):
     """Hands records over as they are, without the handler lock (the queue is thread-safe;
     a lock that a preempted thread holds makes every other request thread wait)."""
 
+    def __init__(self, writer: "LogWriter"):
+        super().__init__(writer.records)
+        self.writer, self.repeats = writer, RepeatLimit()
+
     def handle(self, record) -> bool:
-        self.queue.put(record)
+        if self.repeats(record):
+            self.writer.offer(record)
         return True
 
 
@@ -5138,18 +5359,29 @@ class LogWriter(threading.Thread):
     """Formats queued records and writes whatever arrived together in one write: one
     system call for many access lines instead of one (plus a flush) each. It waits
     PAUSE seconds after the first line of a batch, so a busy server wakes it a few
-    times a second, not once per request (each wake-up is a turn of the GIL)."""
+    times a second, not once per request (each wake-up is a turn of the GIL).
 
-    PAUSE = 0.05
+    At most LIMIT lines wait: when stderr is blocked (a pipe nobody reads) or too slow,
+    the rest are dropped and counted, and the next write says so, once per DROP_NOTE
+    seconds."""
 
-    def __init__(self, records: queue.SimpleQueue, handler: logging.StreamHandler):
+    PAUSE, LIMIT, DROP_NOTE = 0.05, 10000, 10.0
+
+    def __init__(self, handler: logging.StreamHandler):
         super().__init__(daemon=True, name="log-writer")
-        self.records, self.handler = records, handler
+        self.records, self.handler = queue.SimpleQueue(), handler
+        self.dropped, self.dropped_said, self.next_drop_note = Tally(), 0, 0.0
+
+    def offer(self, item) -> None:
+        if self.records.qsize() < self.LIMIT:
+            self.records.put(item)
+        else:
+            self.dropped.add()
 
     def access(self, level: int, message: str, args: tuple) -> None:
         """An access line, queued as plain fields: a request thread need not build a
         LogRecord (that costs more than the rest of the line's work)."""
-        self.records.put((level, time.time(), message, args))
+        self.offer((level, time.time(), message, args))
 
     def line(self, item) -> str:
         if not isinstance(item, tuple):
@@ -5157,14 +5389,26 @@ class LogWriter(threading.Thread):
         level, created, message, args = item
         return self.handler.formatter.line(created, level, access_log.name, message % args)
 
+    def drop_note(self) -> list[str]:
+        """The 'dropped N lines' line, when lines were dropped and it is time to say so."""
+        if time.monotonic() < self.next_drop_note:
+            return []
+        total = self.dropped.total()
+        if total == self.dropped_said:
+            return []
+        count, self.dropped_said = total - self.dropped_said, total
+        self.next_drop_note = time.monotonic() + self.DROP_NOTE
+        return [self.handler.formatter.line(time.time(), logging.WARNING, log.name, f"log: "
+                f"dropped {count} lines (log output is blocked or too slow)")]
+
     def run(self):
         while True:
             batch = [self.records.get()]
             time.sleep(self.PAUSE)
             with contextlib.suppress(queue.Empty):
-                while len(batch) < 10000:
+                while len(batch) < self.LIMIT:
                     batch.append(self.records.get_nowait())
-            lines = [self.line(item) for item in batch if item is not None]
+            lines = self.drop_note() + [self.line(item) for item in batch if item is not None]
             if lines:
                 with contextlib.suppress(OSError, ValueError):
                     self.handler.stream.write("\n".join(lines) + "\n")
@@ -5172,10 +5416,12 @@ class LogWriter(threading.Thread):
             if None in batch:
                 return
 
-    def stop(self):
-        """Write what is still queued, then end."""
+    def stop(self, wait: float = 2.0) -> bool:
+        """Write what is still queued, then end -> False when the log stayed blocked for
+        `wait` seconds (the process must then exit without waiting on stderr)."""
         self.records.put(None)
-        self.join(5)
+        self.join(wait)
+        return not self.is_alive()
 
 
 def configure_logging(level: str = "INFO", style: str = "text",
@@ -5191,11 +5437,11 @@ def configure_logging(level: str = "INFO", style: str = "text",
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if not background:
+        handler.addFilter(RepeatLimit())
         root_logger.handlers[:] = [handler]
         return None
-    records = queue.SimpleQueue()
-    root_logger.handlers[:] = [RecordQueue(records)]
-    writer = LogWriter(records, handler)
+    writer = LogWriter(handler)
+    root_logger.handlers[:] = [RecordQueue(writer)]
     writer.start()
     return writer
 
@@ -5351,7 +5597,7 @@ class RedirectHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = redirect
 
     def log_message(self, format, *args):
-        log.debug("redirect: " + format, *args)
+        log.debug("redirect: " + format, *clip_strings(args))
 
 
 def start_redirect_listener(config: Config) -> http.server.ThreadingHTTPServer:
@@ -5382,15 +5628,18 @@ def load_certificate(config: Config) -> Certificate | None:
 def cmd_serve(args) -> int:
     config = Config(**resolve_options(args, SERVER_OPTIONS))
     writer = configure_logging(config.log_level, config.log_format, background=True)
+    code = 2
     try:
-        return run_server(config, writer)
+        code = run_server(config, writer)
+        return code
     except (ConfigError, StoreError) as error:
         if config.log_format != "json":
             raise  # main() prints the usual one line
         log.critical("%s", error)  # a JSON line like every other
         return 2
     finally:
-        writer.stop()
+        if not writer.stop():  # stderr is blocked: a normal exit would flush it forever
+            os._exit(code)
 
 
 def cmd_token_create(args) -> int:
@@ -5415,7 +5664,7 @@ def cmd_token_create(args) -> int:
 
 def cmd_token_list(args) -> int:
     with cli_store(args).read() as tx:
-        tokens = [token_view(row) for row in tx.tokens()]
+        tokens = flag_lookalikes([token_view(row) for row in tx.tokens()], "token")
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
@@ -5423,7 +5672,8 @@ def cmd_token_list(args) -> int:
                              ("permissions", "PERMISSIONS"), ("enabled", "ENABLED"),
                              ("expiresAt", "EXPIRES"), ("useCount", "USES"),
                              ("lastUsedAt", "LAST USED"), ("lastNamespace", "LAST NAMESPACE"),
-                             ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT")])
+                             ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT"),
+                             ("nameWarning", "NAME WARNING")])
     return 0
 
 
@@ -5450,7 +5700,7 @@ def cmd_token_change(args) -> int:
 
 def cmd_namespace_list(args) -> int:
     with cli_store(args).read() as tx:
-        views = tx.namespace_views()
+        views = flag_lookalikes(tx.namespace_views(), "namespace")
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -5459,7 +5709,8 @@ def cmd_namespace_list(args) -> int:
                             ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
                             ("objectBytes", "OBJECT BYTES"),
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
-                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE")])
+                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE"),
+                            ("nameWarning", "NAME WARNING")])
     return 0
 
 

@@ -164,6 +164,23 @@ def raw_request(port: int, payload: bytes, timeout: float = 5.0) -> RawAnswer:
     return exchange.answers[0]
 
 
+def raw_burst(port: int, payload: bytes, count: int, timeout: float = 60.0) -> list:
+    """The same request on `count` connections, all opened first and then sent at once
+    -> each connection's answer (None where none came)."""
+    sockets = [raw_connect(port, timeout) for _ in range(count)]
+    try:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.sendall(payload)
+        deadline = time.monotonic() + timeout
+        exchanges = [read_until_done(sock, expect=1, timeout=max(0.1, deadline - time.monotonic()))
+                     for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    return [exchange.answers[0] if exchange.answers else None for exchange in exchanges]
+
+
 # -- the server process ---------------------------------------------------------
 
 def proc_status(pid: int) -> dict:
@@ -175,6 +192,7 @@ def proc_status(pid: int) -> dict:
             values[key] = value.strip()
     return {"threads": int(values["Threads"]),
             "rss": int(values["VmRSS"].split()[0]) * 1024,
+            "peak": int(values["VmHWM"].split()[0]) * 1024,   # the highest RSS so far
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
