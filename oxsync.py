@@ -728,7 +728,11 @@ MIGRATIONS = [
         last_result_at REAL NOT NULL,
         PRIMARY KEY (namespace, device_id)
     );
-    CREATE INDEX devices_by_last_seen ON devices (last_seen_at);
+    CREATE INDEX devices_by_last_seen ON devices (last_seen_at, namespace, device_id);
+    CREATE INDEX namespaces_by_size ON namespaces ((blob_bytes + object_bytes + history_bytes),
+                                                   name);
+    CREATE INDEX namespaces_by_last_write ON namespaces ((coalesce(updated_at, 0)), name);
+    CREATE INDEX namespaces_by_versions ON namespaces (version_count, name);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -752,6 +756,7 @@ KEEP_CONFLICTS = 10000
 
 # Listings (admin API, CLI): each sort names the keys rows are ordered by, the last one
 # unique, so a page can start right after the last row shown (keyset paging, no OFFSET).
+# The namespace sorts and lastSeen have indexes on exactly these expressions.
 NAMESPACE_SORTS = {"name": ("n.name",),
                    "size": ("n.blob_bytes + n.object_bytes + n.history_bytes", "n.name"),
                    "lastWrite": ("coalesce(n.updated_at, 0)", "n.name"),
@@ -1264,26 +1269,31 @@ class Records:
              listing: Listing) -> Page:
         """Rows matching every (SQL, params) condition, ordered by `keys`, after the row
         whose keys are `listing.after`, at most `listing.limit` of them."""
-        where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        matching = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
         params = [value for _, values in conditions for value in values]
-        total = self.value(f"SELECT count(*) FROM {source}")
-        matched = self.value(f"SELECT count(*) FROM {source} WHERE {where}", params) \
-            if conditions else total
+        where, keyed = matching, list(params)
         if listing.after is not None:
             where += f" AND ({', '.join(keys)}) {'<' if listing.descending else '>'} " \
                      f"({', '.join('?' for _ in keys)})"
-            params += listing.after
+            keyed += listing.after
         direction = " DESC" if listing.descending else ""
         sql = (f"SELECT {columns}, {', '.join(f'{k} AS key{i}' for i, k in enumerate(keys))} "
                f"FROM {source} WHERE {where} ORDER BY "
                f"{', '.join(key + direction for key in keys)}")
         if listing.limit is not None:
             sql += " LIMIT ?"
-            params.append(listing.limit + 1)
-        rows = self.all(sql, params)
+            keyed.append(listing.limit + 1)
+        rows = self.all(sql, keyed)
         more = listing.limit is not None and len(rows) > listing.limit
         rows = rows[:listing.limit] if more else rows
         last = [rows[-1][f"key{i}"] for i in range(len(keys))] if rows else None
+        total = self.value(f"SELECT count(*) FROM {source}")
+        if not conditions:
+            matched = total
+        elif listing.after is None and not more:  # all that match are on this first page
+            matched = len(rows)
+        else:
+            matched = self.value(f"SELECT count(*) FROM {source} WHERE {matching}", params)
         return Page(rows, last, total, matched, more)
 
     def search_condition(self, listing: Listing, *columns: str) -> list:

@@ -49,14 +49,16 @@ def listing(admin, what: str, **params) -> dict:
 
 def every_page(admin, what: str, **params) -> tuple[list[dict], int]:
     """Follow nextCursor to the end -> (every item in order, pages read)."""
-    items, pages, cursor = [], 0, None
+    items, pages, cursor, matched = [], 0, None, set()
     while True:
         page = listing(admin, what, **params, **({"cursor": cursor} if cursor else {}))
         items += page[what]
         pages += 1
+        matched.add(page["matched"])
         assert len(page[what]) <= int(params.get("limit", 100))
         cursor = page["nextCursor"]
         if cursor is None:
+            assert matched == {len(items)}, "every page counts all that match"
             return items, pages
         assert len(page[what]) == int(params.get("limit", 100)), "a short page that is not last"
 
