@@ -766,6 +766,11 @@ TOKEN_SORTS = {"name": ("t.name", "t.id"), "created": ("t.created_at", "t.id"),
 DEVICE_SORTS = {"lastSeen": ("d.last_seen_at", "d.namespace", "d.device_id"),
                 "namespace": ("d.namespace", "d.device_id"),
                 "device": ("d.device_id", "d.namespace")}
+# The status filters: each '?' is a moment (now; for devices, the stale cutoff).
+TOKEN_STATUSES = {"enabled": "t.enabled = 1 AND (t.expires_at IS NULL OR t.expires_at > ?)",
+                  "disabled": "t.enabled = 0", "expired": "t.expires_at <= ?"}
+DEVICE_STATUSES = {"ok": "d.last_result = 'ok' AND d.last_seen_at >= ?",
+                   "problem": "d.last_result <> 'ok'", "stale": "d.last_seen_at < ?"}
 
 
 class Listing:
@@ -778,10 +783,17 @@ class Listing:
         self.sort, self.descending, self.search = sort, descending, search
         self.filters, self.after, self.limit = filters or {}, after, limit
 
-    def like(self) -> str:
-        """The search as a LIKE pattern (matched against lower-cased text)."""
+    def like(self, anywhere: bool = True) -> str:
+        """The search as a LIKE pattern (matched against lower-cased text): anywhere in
+        it, or at its start."""
         escaped = re.sub(r"([!%_])", r"!\1", self.search.lower())
-        return f"%{escaped}%"
+        return f"{'%' if anywhere else ''}{escaped}%"
+
+
+def status_condition(listing: Listing, statuses: dict, moment: float) -> list:
+    """The listing's status filter (one of `statuses`) as a page condition."""
+    sql = statuses.get(listing.filters.get("status"))
+    return [] if sql is None else [(sql, (moment,) * sql.count("?"))]
 
 
 class Page:
@@ -1177,14 +1189,7 @@ class Records:
                                            "d.last_ip")
         if "namespace" in listing.filters:
             conditions.append(("d.namespace = ?", (listing.filters["namespace"],)))
-        status = listing.filters.get("status")
-        if status == "ok":
-            conditions.append(("d.last_result = 'ok' AND d.last_seen_at >= ?",
-                               (stale_before,)))
-        elif status == "problem":
-            conditions.append(("d.last_result <> 'ok'", ()))
-        elif status == "stale":
-            conditions.append(("d.last_seen_at < ?", (stale_before,)))
+        conditions += status_condition(listing, DEVICE_STATUSES, stale_before)
         return self.page("d.*, t.name AS token_name",
                          "devices d LEFT JOIN tokens t ON t.id = d.token_id",
                          DEVICE_SORTS[listing.sort], conditions, listing)
@@ -1266,20 +1271,22 @@ class Records:
     # -- listings: one page of namespaces, tokens or devices ---------------------
 
     def page(self, columns: str, source: str, keys: tuple, conditions: list,
-             listing: Listing) -> Page:
-        """Rows matching every (SQL, params) condition, ordered by `keys`, after the row
-        whose keys are `listing.after`, at most `listing.limit` of them."""
+             listing: Listing, key_params: tuple = ()) -> Page:
+        """Rows matching every (SQL, params) condition, ordered by `keys` (whose '?' take
+        `key_params`), after the row whose keys are `listing.after`, at most
+        `listing.limit` of them."""
         matching = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
         params = [value for _, values in conditions for value in values]
-        where, keyed = matching, list(params)
+        where, keyed = matching, [*key_params, *params]
         if listing.after is not None:
             where += f" AND ({', '.join(keys)}) {'<' if listing.descending else '>'} " \
                      f"({', '.join('?' for _ in keys)})"
-            keyed += listing.after
+            keyed += [*key_params, *listing.after]
         direction = " DESC" if listing.descending else ""
         sql = (f"SELECT {columns}, {', '.join(f'{k} AS key{i}' for i, k in enumerate(keys))} "
                f"FROM {source} WHERE {where} ORDER BY "
                f"{', '.join(key + direction for key in keys)}")
+        keyed += key_params
         if listing.limit is not None:
             sql += " LIMIT ?"
             keyed.append(listing.limit + 1)
@@ -1304,19 +1311,19 @@ class Records:
         return [(f"({matches})", (listing.like(),) * len(columns))]
 
     def namespace_page(self, listing: Listing) -> Page:
-        return self.page(NAMESPACE_COLUMNS, "namespaces n", NAMESPACE_SORTS[listing.sort],
-                         self.search_condition(listing, "n.name"), listing)
+        """A search sorted by name lists the names that start with it first."""
+        keys, key_params = NAMESPACE_SORTS[listing.sort], ()
+        if listing.search and listing.sort == "name":
+            first, then = (1, 0) if listing.descending else (0, 1)
+            keys = (f"CASE WHEN lower(n.name) LIKE ? ESCAPE '!' THEN {first} ELSE {then} END",
+                    *keys)
+            key_params = (listing.like(anywhere=False),)
+        return self.page(NAMESPACE_COLUMNS, "namespaces n", keys,
+                         self.search_condition(listing, "n.name"), listing, key_params)
 
     def token_page(self, listing: Listing, now: float) -> Page:
         conditions = self.search_condition(listing, "t.name", "t.namespace_pattern", "t.id")
-        status = listing.filters.get("status")
-        if status == "enabled":
-            conditions.append(("t.enabled = 1 AND (t.expires_at IS NULL OR t.expires_at > ?)",
-                               (now,)))
-        elif status == "disabled":
-            conditions.append(("t.enabled = 0", ()))
-        elif status == "expired":
-            conditions.append(("t.expires_at <= ?", (now,)))
+        conditions += status_condition(listing, TOKEN_STATUSES, now)
         return self.page("t.*", "tokens t", TOKEN_SORTS[listing.sort], conditions, listing)
 
     # -- figures and whole tables ----------------------------------------------
@@ -4594,7 +4601,7 @@ def list_request(request, sorts: dict, default_sort: str, **filters) -> Listing:
                        for name, check in filters.items() if name in query},
                       limit=list_parameter(query, "limit", page_size, LIST_LIMIT))
     if "cursor" in query:
-        listing.after = open_cursor(request, query["cursor"], listing, len(sorts[sort]))
+        listing.after = open_cursor(request, query["cursor"], listing)
     return listing
 
 
@@ -4614,7 +4621,7 @@ def make_cursor(request, listing: Listing, page: Page) -> str | None:
     return f"{b64url(keys)}.{b64url(cursor_mac(request, listing, keys))}"
 
 
-def open_cursor(request, cursor: str, listing: Listing, key_count: int) -> list:
+def open_cursor(request, cursor: str, listing: Listing) -> list:
     refused = HTTPError(400, "cursor is not one this listing gave out for these q, sort, "
                              "order and filters (or the server restarted without "
                              "ADMIN_JWT_SECRET); start again without a cursor")
@@ -4626,7 +4633,8 @@ def open_cursor(request, cursor: str, listing: Listing, key_count: int) -> list:
         after = json.loads(keys)
     except (ValueError, TypeError):
         raise refused from None
-    if not isinstance(after, list) or len(after) != key_count:
+    if not isinstance(after, list) or not all(
+            isinstance(key, (str, int, float)) for key in after):
         raise refused
     return after
 
@@ -4658,7 +4666,7 @@ def admin_tokens(request):
     """A page of tokens: q (name, namespace pattern or id), status, sort, order, limit."""
     admin_session(request)
     listing = list_request(request, TOKEN_SORTS, "created",
-                           status=one_of("enabled", "disabled", "expired"))
+                           status=one_of(*TOKEN_STATUSES))
     request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read(snapshot=True) as tx:
         page = tx.token_page(listing, time.time())
@@ -4858,7 +4866,7 @@ def admin_devices(request):
     address), namespace, status (ok, problem, stale), staleDays, sort, order, limit."""
     admin_session(request)
     listing = list_request(request, DEVICE_SORTS, "lastSeen", namespace=check_namespace,
-                           status=one_of("ok", "problem", "stale"), staleDays=stale_days)
+                           status=one_of(*DEVICE_STATUSES), staleDays=stale_days)
     request.app.devices.flush(request.app.store)  # show them up to this moment
     page, views = device_listing(request.app.store, listing)
     return list_answer(request, "devices", listing, page, views)
@@ -4998,13 +5006,30 @@ def api_list_params(sorts: dict, searched: str, **filters: dict) -> list[dict]:
               for name, schema in filters.items())]
 
 
-def api_list_answer(name: str) -> dict:
-    return {"type": "object", "required": [name, "total", "matched", "nextCursor"],
+def api_listing(summary: str, name: str, sorts: dict, searched: str, **filters) -> dict:
+    """A GET of one page of a listing (list_request, list_answer)."""
+    page = {"type": "object", "required": [name, "total", "matched", "nextCursor"],
             "properties": {name: {"type": "array", "items": API_OBJECT},
                            "total": {"type": "integer", "description": "rows in all"},
                            "matched": {"type": "integer", "description": "rows matching"},
                            "nextCursor": {"type": ["string", "null"],
                                           "description": "null on the last page"}}}
+    return api_operation(summary, {"200": api_answer(name, page)},
+                         params=api_list_params(sorts, searched, **filters),
+                         security=[{"session": [], "csrf": []}], tag="admin")
+
+
+def api_device_listing() -> dict:
+    return api_listing(
+        "a page of devices, as their sync requests showed them", "devices", DEVICE_SORTS,
+        "the device id, namespace, token name or last address",
+        namespace={"type": "string", "description": "only this namespace"},
+        status={"type": "string", "enum": list(DEVICE_STATUSES),
+                "description": "ok: last result ok and not stale; problem: last result "
+                               "not ok; stale: not seen for staleDays"},
+        staleDays={"type": "number", "exclusiveMinimum": 0, "maximum": 36500,
+                   "description": f"days without a request after which a device is "
+                                  f"stale (default {STALE_DAYS})"})
 
 
 API_NS = api_path_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
@@ -5058,14 +5083,10 @@ def sync_api_paths() -> dict:
 
 
 def admin_api_paths() -> dict:
-    def admin(summary, answer="done", status="200", body=None, schema=None, params=()):
+    def admin(summary, answer="done", status="200", body=None, schema=None):
         return api_operation(summary, {status: api_answer(answer, schema or (
             api_ref("Ok") if answer == "done" else API_OBJECT))}, body=body,
-            security=[{"session": [], "csrf": []}], tag="admin", params=params)
-
-    def listing(summary, name, sorts, searched, **filters):
-        return admin(summary, name, schema=api_list_answer(name),
-                     params=api_list_params(sorts, searched, **filters))
+            security=[{"session": [], "csrf": []}], tag="admin")
 
     token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
     version = api_path_param("seq", "version number (see the history)")
@@ -5091,8 +5112,8 @@ def admin_api_paths() -> dict:
             "parameters": [username],
             "patch": admin("enable, disable or reset password", "user", body=API_OBJECT),
             "delete": admin("delete an admin user")},
-        "/admin/api/namespaces": {"get": listing("a page of namespaces with sizes",
-                                                 "namespaces", NAMESPACE_SORTS, "the name"),
+        "/admin/api/namespaces": {"get": api_listing("a page of namespaces with sizes",
+                                                     "namespaces", NAMESPACE_SORTS, "the name"),
                                   "post": admin("create a namespace", "created", "201",
                                                 API_OBJECT)},
         "/admin/api/namespaces/{ns}": {
@@ -5106,11 +5127,11 @@ def admin_api_paths() -> dict:
             "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
             "make an earlier version current", "rolled back", body=API_OBJECT)},
-        "/admin/api/tokens": {"get": listing(
+        "/admin/api/tokens": {"get": api_listing(
                                   "a page of tokens (never secrets)", "tokens", TOKEN_SORTS,
                                   "the name, namespace pattern or id", status={
                                       "type": "string", "description": "usable, disabled or "
-                                      "expired", "enum": ["enabled", "disabled", "expired"]}),
+                                      "expired", "enum": list(TOKEN_STATUSES)}),
                               "post": admin("create a token; the secret is in this answer only",
                                             "created", "201", API_OBJECT)},
         "/admin/api/tokens/{id}": {
@@ -5120,16 +5141,7 @@ def admin_api_paths() -> dict:
         "/admin/api/tokens/{id}/rotate": {"parameters": [token_id], "post": admin(
             "new secret; the old one stops", "rotated")},
         "/admin/api/conflicts": {"get": admin("recent 412s, newest first", "conflicts")},
-        "/admin/api/devices": {"get": listing(
-            "a page of devices, as their sync requests showed them", "devices", DEVICE_SORTS,
-            "the device id, namespace, token name or last address",
-            namespace={"type": "string", "description": "only this namespace"},
-            status={"type": "string", "enum": ["ok", "problem", "stale"],
-                    "description": "ok: last result ok and not stale; problem: last result "
-                                   "not ok; stale: not seen for staleDays"},
-            staleDays={"type": "number", "exclusiveMinimum": 0, "maximum": 36500,
-                       "description": f"days without a request after which a device is "
-                                      f"stale (default {STALE_DAYS})"})},
+        "/admin/api/devices": {"get": api_device_listing()},
         "/admin/api/gc": {"post": admin("apply object retention now", "removed")},
     }
 
@@ -5905,7 +5917,7 @@ def add_token_commands(commands) -> None:
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
     listing = add_list_command(actions, "list tokens and their use", cmd_token_list,
                                TOKEN_SORTS, "tokens whose name, namespace pattern or id contains")
-    listing.add_argument("--status", choices=("enabled", "disabled", "expired"),
+    listing.add_argument("--status", choices=list(TOKEN_STATUSES),
                          help="only tokens that are usable, disabled, or expired")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
                          ("rotate", "give a token a new secret; the old one stops working"),
@@ -5951,7 +5963,7 @@ def add_device_commands(commands) -> None:
                                "address and last result", cmd_device_list, DEVICE_SORTS,
                                "devices whose id, namespace, token name or address contains")
     listing.add_argument("--namespace", help="only devices of this namespace")
-    listing.add_argument("--status", choices=("ok", "problem", "stale"),
+    listing.add_argument("--status", choices=list(DEVICE_STATUSES),
                          help="ok: last result ok and recent; problem: last result not ok; "
                               "stale: no request for --stale-days")
     listing.add_argument("--stale-days", default=str(STALE_DAYS), metavar="DAYS",

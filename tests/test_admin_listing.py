@@ -9,6 +9,8 @@ through the sync API, whose sizes the counters must add up exactly.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from urllib.parse import quote, urlencode
 
 import conftest
@@ -114,6 +116,20 @@ def test_search_finds_one_among_thousands_by_any_part_in_any_case(admin, shared)
         assert page["matched"] == 1 and page["total"] >= SEEDED and page["nextCursor"] is None
     nothing = listing(admin, "namespaces", q="no-such-namespace-anywhere")
     assert nothing["namespaces"] == [] and nothing["matched"] == 0
+
+
+def test_search_by_name_lists_names_that_start_with_it_first(admin, shared):
+    tag = uuid.uuid4().hex[:8]
+    names = [f"zz-{tag}", f"{tag}-b", f"aa-{tag}-x", f"{tag}-a", f"mm/{tag}"]
+    for name in names:
+        assert admin.post("/admin/api/namespaces", {"name": name}).status == 201
+    ascending = [f"{tag}-a", f"{tag}-b", f"aa-{tag}-x", f"mm/{tag}", f"zz-{tag}"]
+    descending = [f"{tag}-b", f"{tag}-a", f"zz-{tag}", f"mm/{tag}", f"aa-{tag}-x"]
+    for order, expected in (("asc", ascending), ("desc", descending)):
+        items, pages = every_page(admin, "namespaces", q=tag.upper(), order=order, limit=2)
+        assert [n["name"] for n in items] == expected and pages == 3, order
+    by_size, _ = every_page(admin, "namespaces", q=tag, sort="size", order="asc", limit=2)
+    assert [n["name"] for n in by_size] == sorted(names), "other sorts: no ranking"
 
 
 def test_search_treats_like_wildcards_as_text(admin, shared):
@@ -376,6 +392,26 @@ def test_devices_show_ok_conflict_and_refused(admin, shared, ns):
     assert desktop["lastResult"] == "ok"
     assert {d["deviceId"] for d in devices(admin, namespace=ns)["devices"]} == \
         {"laptop-a", "desktop-b"}
+
+
+def test_last_result_time_is_when_that_result_began(admin, shared, ns):
+    """Two 412s in one batch, then another after a flush: lastResultAt stays at the first;
+    lastSeenAt moves on. An ok ends the streak."""
+    token = shared.token
+    assert upload(shared, ns, token, "stuck", "r1").status == 200
+    for revision in ("r2", "r3"):
+        assert upload(shared, ns, token, "stuck", revision, if_match="old").status == 412
+        time.sleep(0.05)  # distinct timestamps (RFC 3339 to the millisecond)
+    first = device(admin, ns, "stuck")
+    assert first["lastResult"] == "conflict" and first["lastResultAt"] < first["lastSeenAt"]
+    assert upload(shared, ns, token, "stuck", "r4", if_match="old").status == 412
+    later = device(admin, ns, "stuck")
+    assert later["lastResultAt"] == first["lastResultAt"]
+    assert later["lastSeenAt"] > first["lastSeenAt"]
+    assert later["firstSeenAt"] == first["firstSeenAt"] <= first["lastResultAt"]
+    assert upload(shared, ns, token, "stuck", "r5").status == 200
+    fixed = device(admin, ns, "stuck")
+    assert fixed["lastResult"] == "ok" and fixed["lastResultAt"] == fixed["lastSeenAt"]
 
 
 def test_manifest_device_id_and_other_results(admin, shared, ns):
