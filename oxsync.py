@@ -836,19 +836,112 @@ MIGRATIONS = [
         expires_at REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE namespaces ADD COLUMN blob_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN object_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN object_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN history_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN history_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN version_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE namespaces SET
+        blob_bytes = coalesce((SELECT size FROM blobs b WHERE b.namespace = namespaces.name), 0),
+        object_count = (SELECT count(*) FROM objects o WHERE o.namespace = namespaces.name),
+        object_bytes = coalesce((SELECT sum(size) FROM objects o
+                                 WHERE o.namespace = namespaces.name), 0),
+        history_count = (SELECT count(*) FROM blob_versions v
+                         WHERE v.namespace = namespaces.name),
+        history_bytes = coalesce((SELECT sum(size) FROM blob_versions v
+                                  WHERE v.namespace = namespaces.name), 0),
+        version_count = (SELECT count(*) FROM manifests m WHERE m.namespace = namespaces.name);
+    CREATE TABLE devices (          -- each device as its sync requests show it
+        namespace TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        token_id TEXT,              -- NULL: never seen with a valid token
+        first_seen_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        client_version TEXT,
+        last_ip TEXT,
+        last_result TEXT NOT NULL,  -- ok, conflict, refused, too_large, deleted, error, ...
+        last_status INTEGER NOT NULL,
+        last_code TEXT,
+        last_message TEXT,
+        last_result_at REAL NOT NULL,
+        PRIMARY KEY (namespace, device_id)
+    );
+    CREATE INDEX devices_by_last_seen ON devices (last_seen_at, namespace, device_id);
+    CREATE INDEX namespaces_by_size ON namespaces ((blob_bytes + object_bytes + history_bytes),
+                                                   name);
+    CREATE INDEX namespaces_by_last_write ON namespaces ((coalesce(updated_at, 0)), name);
+    CREATE INDEX namespaces_by_versions ON namespaces (version_count, name);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
 TABLES = {"settings": "key", "namespaces": "name", "payloads": "id", "blobs": "namespace",
           "blob_versions": "namespace, seq", "objects": "namespace, path",
           "manifests": "namespace, seq", "tokens": "id", "conflicts": "id",
-          "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id"}
+          "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id",
+          "devices": "namespace, device_id"}
 PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
 BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
 BLOB_UPSERT = "ON CONFLICT (namespace) DO UPDATE SET " + ", ".join(
     f"{column} = excluded.{column}" for column in ["updated_at"] + BLOB_COLUMNS.split(", "))
 KEEP_MANIFESTS = 32
+# Kept in the namespaces table by every write (Records.add_to_counters, count_snapshots).
+NAMESPACE_COUNTERS = ("blob_bytes", "object_count", "object_bytes", "history_count",
+                      "history_bytes", "version_count")
+NAMESPACE_COLUMNS = ("n.*, EXISTS (SELECT 1 FROM blobs b WHERE b.namespace = n.name) "
+                     "AS has_blob")
 KEEP_CONFLICTS = 10000
+
+# Listings (admin API, CLI): each sort names the keys rows are ordered by, the last one
+# unique, so a page can start right after the last row shown (keyset paging, no OFFSET).
+# The namespace sorts and lastSeen have indexes on exactly these expressions.
+NAMESPACE_SORTS = {"name": ("n.name",),
+                   "size": ("n.blob_bytes + n.object_bytes + n.history_bytes", "n.name"),
+                   "lastWrite": ("coalesce(n.updated_at, 0)", "n.name"),
+                   "versions": ("n.version_count", "n.name")}
+TOKEN_SORTS = {"name": ("t.name", "t.id"), "created": ("t.created_at", "t.id"),
+               "lastUsed": ("coalesce(t.last_used_at, 0)", "t.id")}
+DEVICE_SORTS = {"lastSeen": ("d.last_seen_at", "d.namespace", "d.device_id"),
+                "namespace": ("d.namespace", "d.device_id"),
+                "device": ("d.device_id", "d.namespace")}
+# The status filters: each '?' is a moment (now; for devices, the stale cutoff).
+TOKEN_STATUSES = {"enabled": "t.enabled = 1 AND (t.expires_at IS NULL OR t.expires_at > ?)",
+                  "disabled": "t.enabled = 0", "expired": "t.expires_at <= ?"}
+DEVICE_STATUSES = {"ok": "d.last_result = 'ok' AND d.last_seen_at >= ?",
+                   "problem": "d.last_result <> 'ok'", "stale": "d.last_seen_at < ?"}
+
+
+class Listing:
+    """One page asked of a listing: search text, filters, sort, direction, the sort keys of
+    the last row already shown (None: the first page) and the page size (None: all)."""
+
+    def __init__(self, sort: str, descending: bool = False, search: str | None = None,
+                 filters: dict | None = None, after: list | None = None,
+                 limit: int | None = None):
+        self.sort, self.descending, self.search = sort, descending, search
+        self.filters, self.after, self.limit = filters or {}, after, limit
+
+    def like(self, anywhere: bool = True) -> str:
+        """The search as a LIKE pattern (matched against lower-cased text): anywhere in
+        it, or at its start."""
+        escaped = re.sub(r"([!%_])", r"!\1", self.search.lower())
+        return f"{'%' if anywhere else ''}{escaped}%"
+
+
+def status_condition(listing: Listing, statuses: dict, moment: float) -> list:
+    """The listing's status filter (one of `statuses`) as a page condition."""
+    sql = statuses.get(listing.filters.get("status"))
+    return [] if sql is None else [(sql, (moment,) * sql.count("?"))]
+
+
+class Page:
+    """A page of rows, with how many rows there are in all and how many match."""
+
+    def __init__(self, rows: list, keys: list, total: int, matched: int, more: bool):
+        self.rows, self.keys, self.total, self.matched, self.more = \
+            rows, keys, total, matched, more
 
 
 class StoreError(Exception):
@@ -950,20 +1043,25 @@ class Records:
     def namespace_views(self, name: str | None = None) -> list[dict]:
         """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
         where, params = ("WHERE n.name = ?", (name,)) if name is not None else ("", ())
-        rows = self.all(
-            "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
-            "CASE WHEN b.namespace IS NULL THEN 0 ELSE 1 END AS has_blob, "
-            "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
-            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects o "
-            "WHERE o.namespace = n.name) "
-            "AS object_bytes, (SELECT count(*) FROM blob_versions v "
-            "WHERE v.namespace = n.name) AS history_count, "
-            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions v "
-            "WHERE v.namespace = n.name) AS history_bytes, "
-            "(SELECT count(*) FROM manifests m WHERE m.namespace = n.name) AS version_count "
-            f"FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name {where} "
-            "ORDER BY n.name", params)
+        rows = self.all(f"SELECT {NAMESPACE_COLUMNS} FROM namespaces n {where} ORDER BY n.name",
+                        params)
         return [namespace_view(row) for row in rows]
+
+    def add_to_counters(self, namespace: str, **deltas: int) -> None:
+        """Keep the namespace's NAMESPACE_COUNTERS in step with its rows, in the same
+        transaction as the write: listings sort by size without adding up every object."""
+        if set(deltas) - set(NAMESPACE_COUNTERS):
+            raise ValueError(f"no namespace counters {sorted(deltas)}")
+        self.run(f"UPDATE namespaces SET {', '.join(f'{c} = {c} + ?' for c in deltas)} "
+                 "WHERE name = ?", (*deltas.values(), namespace))
+
+    def count_snapshots(self, namespace: str) -> None:
+        """The snapshot counters, recounted: a namespace keeps at most BLOB_HISTORY + 1."""
+        self.run("UPDATE namespaces SET blob_bytes = coalesce((SELECT size FROM blobs "
+                 "WHERE namespace = ?), 0), history_count = (SELECT count(*) FROM "
+                 "blob_versions WHERE namespace = ?), history_bytes = coalesce((SELECT "
+                 "sum(size) FROM blob_versions WHERE namespace = ?), 0) WHERE name = ?",
+                 (namespace,) * 4)
 
     def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
         """Soft delete or restore -> False when there is no such namespace."""
@@ -986,7 +1084,8 @@ class Records:
             self.drop_payloads(row[0] for row in owned)
         for table, column in (("objects", "namespace"), ("blobs", "namespace"),
                               ("blob_versions", "namespace"), ("manifests", "namespace"),
-                              ("conflicts", "namespace"), ("namespaces", "name")):
+                              ("conflicts", "namespace"), ("devices", "namespace"),
+                              ("namespaces", "name")):
             self.run(f"DELETE FROM {table} WHERE {column} = ?", (name,))
         return sum(row[1] for row in owned)
 
@@ -1028,6 +1127,7 @@ class Records:
                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {BLOB_UPSERT}",
                  (namespace, now, payload_id, revision, device_id, section_revisions,
                   content_type, size, digest))
+        self.count_snapshots(namespace)
 
     def keep_blob_version(self, namespace: str, keep: int) -> None:
         """Move the current snapshot into blob_versions (its payload stays where it is), or
@@ -1059,6 +1159,7 @@ class Records:
                  f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
                  f"WHERE namespace = ? AND seq = ? {BLOB_UPSERT}", (now, namespace, seq))
         self.run("DELETE FROM blob_versions WHERE namespace = ? AND seq = ?", (namespace, seq))
+        self.count_snapshots(namespace)
 
     def object(self, namespace: str, path: str):
         return self.one("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
@@ -1067,12 +1168,19 @@ class Records:
 
     def put_object(self, namespace: str, path: str, payload_id: int, size: int, etag: str,
                    content_type: str | None, now: float) -> None:
+        self.count_object_write(namespace, path, size)
         self.run("INSERT INTO objects (namespace, path, payload_id, size, etag, content_type, "
                  "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, path) "
                  "DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size, "
                  "etag = excluded.etag, content_type = excluded.content_type, "
                  "updated_at = excluded.updated_at",
                  (namespace, path, payload_id, size, etag, content_type, now))
+
+    def count_object_write(self, namespace: str, path: str, size: int) -> None:
+        was = self.value("SELECT size FROM objects WHERE namespace = ? AND path = ?",
+                         (namespace, path))
+        self.add_to_counters(namespace, object_count=int(was is None),
+                             object_bytes=size - (was or 0))
 
     def missing_objects(self, namespace: str, paths: set[str]) -> list[str]:
         stored = {row[0] for row in self.all("SELECT path FROM objects WHERE namespace = ?",
@@ -1091,6 +1199,7 @@ class Records:
                  (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
                   text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
                   token_id, rollback_of, json_body(metadata).decode()))
+        self.add_to_counters(namespace, version_count=1)
         return seq
 
     def manifests(self, namespace: str, limit: int) -> list:
@@ -1126,6 +1235,8 @@ class Records:
         self.many("DELETE FROM objects WHERE namespace = ? AND path = ?",
                   ((namespace, row["path"]) for row in doomed))
         self.drop_payloads(row["payload_id"] for row in doomed)
+        self.add_to_counters(namespace, object_count=-len(doomed), object_bytes=-sum(
+            row["size"] for row in doomed), version_count=-manifests_removed)
         return {"objectsRemoved": len(doomed),
                 "bytesReclaimed": sum(row["size"] for row in doomed),
                 "manifestsRemoved": manifests_removed}
@@ -1175,6 +1286,9 @@ class Records:
     def tokens(self) -> list:
         return self.all("SELECT * FROM tokens ORDER BY created_at, id")
 
+    def token_names(self) -> list[str]:
+        return [row[0] for row in self.all("SELECT name FROM tokens")]
+
     def token(self, token_id: str):
         return self.one("SELECT * FROM tokens WHERE id = ?", (token_id,))
 
@@ -1203,6 +1317,38 @@ class Records:
                   "last_namespace = ?, last_ip = ?, "
                   "last_client_version = coalesce(?, last_client_version) WHERE id = ?",
                   ((*values, token_id) for token_id, values in uses.items()))
+
+    # -- devices, as their sync requests show them ------------------------------
+
+    def record_devices(self, seen: dict[tuple, list]) -> None:
+        """seen: (namespace, device id) -> DeviceLog's fields. A device refused with an
+        unknown token (token id None) is kept only when its namespace exists; its last
+        result's time stays while the result does not change."""
+        self.many(
+            "INSERT INTO devices (namespace, device_id, first_seen_at, token_id, "
+            "last_seen_at, client_version, last_ip, last_result, last_status, last_code, "
+            "last_message, last_result_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE CAST(? AS TEXT) IS NOT NULL OR EXISTS (SELECT 1 FROM namespaces "
+            "WHERE name = ?) ON CONFLICT (namespace, device_id) DO UPDATE SET "
+            "token_id = coalesce(excluded.token_id, devices.token_id), "
+            "last_seen_at = excluded.last_seen_at, "
+            "client_version = coalesce(excluded.client_version, devices.client_version), "
+            "last_ip = excluded.last_ip, last_result = excluded.last_result, "
+            "last_status = excluded.last_status, last_code = excluded.last_code, "
+            "last_message = excluded.last_message, last_result_at = CASE WHEN "
+            "devices.last_result = excluded.last_result AND devices.last_status = "
+            "excluded.last_status THEN devices.last_result_at ELSE excluded.last_result_at "
+            "END", ((*key, *values, values[1], key[0]) for key, values in seen.items()))
+
+    def device_page(self, listing: Listing, stale_before: float) -> Page:
+        conditions = self.search_condition(listing, "d.device_id", "d.namespace", "t.name",
+                                           "d.last_ip")
+        if "namespace" in listing.filters:
+            conditions.append(("d.namespace = ?", (listing.filters["namespace"],)))
+        conditions += status_condition(listing, DEVICE_STATUSES, stale_before)
+        return self.page("d.*, t.name AS token_name",
+                         "devices d LEFT JOIN tokens t ON t.id = d.token_id",
+                         DEVICE_SORTS[listing.sort], conditions, listing)
 
     # -- admin users, sessions and login throttling ----------------------------
 
@@ -1274,6 +1420,64 @@ class Records:
     def locked_addresses(self, now: float) -> list:
         return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
                         (now,))
+
+    # -- listings: one page of namespaces, tokens or devices ---------------------
+
+    def page(self, columns: str, source: str, keys: tuple, conditions: list,
+             listing: Listing, key_params: tuple = ()) -> Page:
+        """Rows matching every (SQL, params) condition, ordered by `keys` (whose '?' take
+        `key_params`), after the row whose keys are `listing.after`, at most
+        `listing.limit` of them."""
+        matching = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        params = [value for _, values in conditions for value in values]
+        where, keyed = matching, [*key_params, *params]
+        if listing.after is not None:
+            where += f" AND ({', '.join(keys)}) {'<' if listing.descending else '>'} " \
+                     f"({', '.join('?' for _ in keys)})"
+            keyed += [*key_params, *listing.after]
+        direction = " DESC" if listing.descending else ""
+        sql = (f"SELECT {columns}, {', '.join(f'{k} AS key{i}' for i, k in enumerate(keys))} "
+               f"FROM {source} WHERE {where} ORDER BY "
+               f"{', '.join(key + direction for key in keys)}")
+        keyed += key_params
+        if listing.limit is not None:
+            sql += " LIMIT ?"
+            keyed.append(listing.limit + 1)
+        rows = self.all(sql, keyed)
+        more = listing.limit is not None and len(rows) > listing.limit
+        rows = rows[:listing.limit] if more else rows
+        last = [rows[-1][f"key{i}"] for i in range(len(keys))] if rows else None
+        total = self.value(f"SELECT count(*) FROM {source}")
+        if not conditions:
+            matched = total
+        elif listing.after is None and not more:  # all that match are on this first page
+            matched = len(rows)
+        else:
+            matched = self.value(f"SELECT count(*) FROM {source} WHERE {matching}", params)
+        return Page(rows, last, total, matched, more)
+
+    def search_condition(self, listing: Listing, *columns: str) -> list:
+        """Case-insensitive substring search over some columns, as a page condition."""
+        if not listing.search:
+            return []
+        matches = " OR ".join(f"lower({column}) LIKE ? ESCAPE '!'" for column in columns)
+        return [(f"({matches})", (listing.like(),) * len(columns))]
+
+    def namespace_page(self, listing: Listing) -> Page:
+        """A search sorted by name lists the names that start with it first."""
+        keys, key_params = NAMESPACE_SORTS[listing.sort], ()
+        if listing.search and listing.sort == "name":
+            first, then = (1, 0) if listing.descending else (0, 1)
+            keys = (f"CASE WHEN lower(n.name) LIKE ? ESCAPE '!' THEN {first} ELSE {then} END",
+                    *keys)
+            key_params = (listing.like(anywhere=False),)
+        return self.page(NAMESPACE_COLUMNS, "namespaces n", keys,
+                         self.search_condition(listing, "n.name"), listing, key_params)
+
+    def token_page(self, listing: Listing, now: float) -> Page:
+        conditions = self.search_condition(listing, "t.name", "t.namespace_pattern", "t.id")
+        conditions += status_condition(listing, TOKEN_STATUSES, now)
+        return self.page("t.*", "tokens t", TOKEN_SORTS[listing.sort], conditions, listing)
 
     # -- figures and whole tables ----------------------------------------------
 
@@ -2918,7 +3122,7 @@ def create_token(tx: Records, name: str, pattern: str, permissions: str,
                  expires_at: float | None) -> tuple[str, str]:
     """-> (token id, raw token). The raw token is never stored."""
     token_id, raw, now = secrets.token_hex(6), new_token_secret(), time.time()
-    name = check_new_name(check_token_name(name), "token", [row["name"] for row in tx.tokens()])
+    name = check_new_name(check_token_name(name), "token", tx.token_names())
     tx.insert_token(token_id, name, hash_token(raw), check_pattern(pattern),
                     parse_permissions(permissions), check_expiry(expires_at, now), now)
     return token_id, raw
@@ -2974,6 +3178,11 @@ def authenticate(store: Store, raw: str, namespace: str):
     if row is None:
         raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
                              "server's administrator for a new one")
+    return row
+
+
+def refuse_unusable(row) -> None:
+    """401 for a token that is known but disabled or expired."""
     if not row["enabled"]:
         raise HTTPError(401, f"token '{row['name']}' is disabled; ask the server's "
                              "administrator to enable it or to issue a new one")
@@ -2981,7 +3190,6 @@ def authenticate(store: Store, raw: str, namespace: str):
         day = rfc3339(row["expires_at"])[:10]
         raise HTTPError(401, f"token '{row['name']}' expired on {day}; ask the server's "
                              "administrator for a new one")
-    return row
 
 
 def namespace_deleted(namespace: str) -> HTTPError:
@@ -3036,6 +3244,103 @@ class UsageCounter:
                     later = self._pending.get(token_id)
                     self._pending[token_id] = [values[0] + later[0], *later[1:]] if later \
                         else values
+            raise
+
+
+def device_result(method: str, status: int) -> str:
+    """What a sync answer meant for the device that asked (the devices listing)."""
+    if status < 400 or (status == 404 and method in ("GET", "HEAD")):  # 404: nothing there yet
+        return "ok"
+    return DEVICE_RESULTS.get(status) or ("error" if status >= 500 else "bad_request")
+
+
+DEVICE_RESULTS = {401: "refused", 403: "refused", 410: "deleted", 412: "conflict",
+                  413: "too_large", 429: "busy", 503: "busy"}
+MAX_DEVICE_TEXT, MAX_DEVICES_PENDING = 128, 10000
+
+
+def device_text(value) -> str | None:
+    """A device id or client version from a header (read as latin-1) or a manifest."""
+    if not isinstance(value, str):
+        return None
+    with contextlib.suppress(UnicodeError):
+        value = value.encode("latin-1").decode("utf-8")
+    value = value.strip()[:MAX_DEVICE_TEXT]
+    return value if value and value.isprintable() else None
+
+
+def answer_error(body: bytes) -> tuple[str | None, str | None]:
+    """The code and message of a JSON error answer (never a payload: errors only)."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        error = json.loads(body)["error"]
+        return error.get("code"), str(error.get("message"))[:300]
+    return None, None
+
+
+class DeviceLog:
+    """What each device's sync requests showed (namespace, device id from the
+    X-OxideTerm-Device-Id header or the manifest's deviceId, token, client version,
+    address, result), kept like token use: a request only appends to a deque (see
+    LOCK_FREE), collect() keeps the newest per device, flush() writes them in one
+    transaction. A refused request whose token is unknown is kept only when its
+    namespace exists (Records.record_devices), and at most MAX_DEVICES_PENDING
+    devices wait between flushes, so strangers cannot fill the table."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # for whoever adds up; requests only append
+        self._seen: collections.deque = collections.deque()
+        # (namespace, device id) -> [first seen, token id, last seen, client version, ip,
+        #                            result, status, code, message, result since]
+        self._pending: dict[tuple, list] = {}
+        self.dropped = 0
+
+    def observe(self, request, response: Response) -> None:
+        namespace = getattr(request, "namespace", None)
+        device = namespace and (request.device_id or request.headers.get(
+            "X-OxideTerm-Device-Id"))
+        if device:
+            self._seen.append((namespace, device, request.token_id, time.time(),
+                               request.headers.get("X-OxideTerm-Client-Version"),
+                               request.client_ip(), request.command, response.status,
+                               response.body if response.status >= 400 else b""))
+
+    def collect(self) -> None:
+        with self._lock, contextlib.suppress(IndexError):
+            while True:
+                self._add(*self._seen.popleft())
+
+    def _add(self, namespace, device, token_id, when, version, ip, method, status, body):
+        key = (namespace, device_text(device))
+        earlier = self._pending.get(key)
+        if key[1] is None or earlier is None and len(self._pending) >= MAX_DEVICES_PENDING:
+            self.dropped += key[1] is not None
+            return
+        result, version = device_result(method, status), device_text(version)
+        code, message = answer_error(body) if body else (None, None)
+        first, since = when, when
+        if earlier is not None:
+            first, token_id, version = earlier[0], token_id or earlier[1], version or earlier[3]
+            since = earlier[9] if earlier[5:7] == [result, status] else when
+        self._pending[key] = [first, token_id, when, version, ip, result, status, code,
+                              message, since]
+
+    def flush(self, store: Store) -> None:
+        self.collect()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            dropped, self.dropped = self.dropped, 0
+        if dropped:
+            log.warning("device log: %d devices not recorded (over %d in one interval)",
+                        dropped, MAX_DEVICES_PENDING)
+        if not pending:
+            return
+        try:
+            with store.write() as tx:
+                tx.record_devices(pending)
+        except StoreError:  # kept for the next flush, unless newer news came meanwhile
+            with self._lock:
+                for key, values in pending.items():
+                    self._pending.setdefault(key, values)
             raise
 
 
@@ -3544,7 +3849,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def serve(self) -> None:
         started = time.perf_counter()
-        self.token_id, route = None, None
+        self.token_id = self.namespace = self.device_id = route = None
         try:
             self.check_framing()
             if self.body_length or self.chunked:
@@ -3870,6 +4175,7 @@ class App:
         self.config, self.store, self.sealer = config, store, sealer
         self.log_writer, self.certificate = log_writer, certificate
         self.usage = UsageCounter()
+        self.devices = DeviceLog()
         self.watch = ConnectionWatch()
         self.turns = Turns()
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
@@ -3924,6 +4230,7 @@ class App:
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
+        self.devices.observe(request, response)
         received = request.body_length if getattr(request, "body_read", False) else 0
         # A method nobody routes counts as OTHER: each made-up one would be a series forever.
         method = request.command if request.command in HTTP_METHODS else "OTHER"
@@ -4037,13 +4344,15 @@ def json_depth(value) -> int:
 def sync_access(request, namespace: str, permission: str):
     """Authenticate and authorize a sync call -> the namespace's row (joined with the
     token's), or None when the namespace does not exist yet."""
+    request.namespace = namespace  # for the device log, whatever the answer
     try:
         token = authenticate(request.app.store,
                              token_from_header(request.headers.get("Authorization")), namespace)
+        request.token_id = token["id"]
+        refuse_unusable(token)
     except HTTPError:
         request.app.metrics.add("auth_failures")
         raise
-    request.token_id = token["id"]
     row = token if token["namespace"] is not None else None
     authorize(token, namespace, row, permission)
     version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
@@ -4153,6 +4462,7 @@ def put_metadata(request, ns):
     conditions = request_conditions(request)
     manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
                                  "metadata")
+    request.device_id = text_or_none(manifest.get("deviceId"))
     revision = manifest.get("revision")
     if not isinstance(revision, str) or not revision:
         raise HTTPError(400, "metadata needs a non-empty string 'revision'")
@@ -4809,6 +5119,101 @@ def admin_delete_user(request, name):
     return json_response({"ok": True})
 
 
+# -- listings: search, sort and keyset pages (namespaces, tokens, devices) ------
+
+LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEARCH = 100, 500, 200
+NEWEST_FIRST = {"size", "lastWrite", "versions", "lastUsed", "lastSeen"}  # default desc
+
+
+def one_of(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def list_parameter(query: dict, name: str, check, default=None):
+    """A query parameter checked by `check` (ValueError: 400 that names it)."""
+    if name not in query:
+        return default
+    try:
+        return check(query[name])
+    except (ValueError, BadName) as error:
+        raise HTTPError(400, f"{name}={query[name][:100]!r}: {error}") from None
+
+
+def page_size(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+        raise ValueError(f"must be a whole number from 1 to {MAX_LIST_LIMIT}")
+    return int(value)
+
+
+def search_text(value: str) -> str | None:
+    if len(value) > MAX_SEARCH or not value.isprintable():
+        raise ValueError(f"must be at most {MAX_SEARCH} printable characters")
+    return value.strip() or None
+
+
+def list_request(request, sorts: dict, default_sort: str, **filters) -> Listing:
+    """The listing a query string asks for: q, sort, order, limit, cursor and the
+    listing's own `filters` (name -> check); anything else is a 400."""
+    query = request.query()
+    unknown = sorted(set(query) - {"q", "sort", "order", "limit", "cursor", *filters})
+    if unknown:
+        raise HTTPError(400, f"unknown parameter {unknown[0][:100]!r}; this listing takes q, "
+                             f"sort, order, limit, cursor{''.join(', ' + f for f in filters)}")
+    sort = list_parameter(query, "sort", one_of(*sorts), default_sort)
+    order = list_parameter(query, "order", one_of("asc", "desc"),
+                           "desc" if sort in NEWEST_FIRST else "asc")
+    listing = Listing(sort, order == "desc", list_parameter(query, "q", search_text),
+                      {name: list_parameter(query, name, check)
+                       for name, check in filters.items() if name in query},
+                      limit=list_parameter(query, "limit", page_size, LIST_LIMIT))
+    if "cursor" in query:
+        listing.after = open_cursor(request, query["cursor"], listing)
+    return listing
+
+
+def cursor_mac(request, listing: Listing, keys: bytes) -> bytes:
+    """Binds a cursor to its listing and query, so an altered one is refused."""
+    query = json_body([request.path.split("?")[0], listing.sort, listing.descending,
+                       listing.search, listing.filters])
+    return hmac.new(request.app.jwt_secret, b"list cursor\0" + query + b"\0" + keys,
+                    hashlib.sha256).digest()[:16]
+
+
+def make_cursor(request, listing: Listing, page: Page) -> str | None:
+    """The opaque cursor of the page after this one; None on the last page."""
+    if not page.more:
+        return None
+    keys = json_body(page.keys)
+    return f"{b64url(keys)}.{b64url(cursor_mac(request, listing, keys))}"
+
+
+def open_cursor(request, cursor: str, listing: Listing) -> list:
+    refused = HTTPError(400, "cursor is not one this listing gave out for these q, sort, "
+                             "order and filters (or the server restarted without "
+                             "ADMIN_JWT_SECRET); start again without a cursor")
+    try:
+        encoded_keys, _, mac = cursor.partition(".")
+        keys = b64url_decode(encoded_keys)
+        if not hmac.compare_digest(b64url_decode(mac), cursor_mac(request, listing, keys)):
+            raise refused
+        after = json.loads(keys)
+    except (ValueError, TypeError):
+        raise refused from None
+    if not isinstance(after, list) or not all(
+            isinstance(key, (str, int, float)) for key in after):
+        raise refused
+    return after
+
+
+def list_answer(request, name: str, listing: Listing, page: Page, items: list) -> Response:
+    return json_response({name: items, "total": page.total, "matched": page.matched,
+                          "nextCursor": make_cursor(request, listing, page)})
+
+
 # -- tokens --------------------------------------------------------------------
 
 def existing_token(tx: Records, token_id: str):
@@ -4828,11 +5233,15 @@ def expiry_field(body: dict) -> float | None:
 
 @route("GET", "/admin/api/tokens")
 def admin_tokens(request):
+    """A page of tokens: q (name, namespace pattern or id), status, sort, order, limit."""
     admin_session(request)
+    listing = list_request(request, TOKEN_SORTS, "created",
+                           status=one_of(*TOKEN_STATUSES))
     request.app.usage.flush(request.app.store)  # show use up to this moment
-    with request.app.store.read() as tx:
-        rows = tx.tokens()
-    return json_response({"tokens": flag_lookalikes([token_view(row) for row in rows], "token")})
+    with request.app.store.read(snapshot=True) as tx:
+        page, names = tx.token_page(listing, time.time()), tx.token_names()
+    views = flag_lookalikes([token_view(row) for row in page.rows], "token", names)
+    return list_answer(request, "tokens", listing, page, views)
 
 
 @route("POST", "/admin/api/tokens")
@@ -4918,9 +5327,13 @@ def existing_namespace(tx: Records, name: str) -> dict:
 
 @route("GET", "/admin/api/namespaces")
 def admin_namespaces(request):
+    """A page of namespaces: q (part of the name), sort, order, limit, cursor."""
     admin_session(request)
-    with request.app.store.read() as tx:
-        return json_response({"namespaces": flag_lookalikes(tx.namespace_views(), "namespace")})
+    listing = list_request(request, NAMESPACE_SORTS, "name")
+    with request.app.store.read(snapshot=True) as tx:
+        page, names = tx.namespace_page(listing), tx.namespace_names()
+    views = flag_lookalikes([namespace_view(row) for row in page.rows], "namespace", names)
+    return list_answer(request, "namespaces", listing, page, views)
 
 
 @route("POST", "/admin/api/namespaces")
@@ -4992,6 +5405,50 @@ def admin_conflicts(request):
         "requestedEtag": row["requested_etag"],
         "requestedRevision": row["requested_revision"], "remoteEtag": row["remote_etag"],
         "remoteRevision": row["remote_revision"]} for row in rows]})
+
+
+STALE_DAYS = 7  # a device that has not synced for longer is flagged stale
+
+
+def stale_days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        raise ValueError("must be a number of days") from None
+    if not 0 < days <= 36500:
+        raise ValueError("must be a number of days above 0")
+    return days
+
+
+def device_view(row, stale_before: float) -> dict:
+    """A device as the admin API and CLI show it: what its requests showed, no payload."""
+    return {"namespace": row["namespace"], "deviceId": row["device_id"],
+            "tokenId": row["token_id"], "tokenName": row["token_name"],
+            "firstSeenAt": rfc3339(row["first_seen_at"]),
+            "lastSeenAt": rfc3339(row["last_seen_at"]), "clientVersion": row["client_version"],
+            "lastIp": row["last_ip"], "lastResult": row["last_result"],
+            "lastStatus": row["last_status"], "lastCode": row["last_code"],
+            "lastMessage": row["last_message"], "lastResultAt": rfc3339(row["last_result_at"]),
+            "stale": row["last_seen_at"] < stale_before, "problem": row["last_result"] != "ok"}
+
+
+def device_listing(store: Store, listing: Listing) -> tuple[Page, list[dict]]:
+    stale_before = time.time() - listing.filters.get("staleDays", STALE_DAYS) * 86400
+    with store.read(snapshot=True) as tx:
+        page = tx.device_page(listing, stale_before)
+    return page, [device_view(row, stale_before) for row in page.rows]
+
+
+@route("GET", "/admin/api/devices")
+def admin_devices(request):
+    """A page of devices as their syncs showed them: q (device id, namespace, token name,
+    address), namespace, status (ok, problem, stale), staleDays, sort, order, limit."""
+    admin_session(request)
+    listing = list_request(request, DEVICE_SORTS, "lastSeen", namespace=check_namespace,
+                           status=one_of(*DEVICE_STATUSES), staleDays=stale_days)
+    request.app.devices.flush(request.app.store)  # show them up to this moment
+    page, views = device_listing(request.app.store, listing)
+    return list_answer(request, "devices", listing, page, views)
 
 
 @route("GET", "/admin/api/stats")
@@ -5108,6 +5565,52 @@ def api_path_param(name: str, description: str) -> dict:
             "schema": {"type": "string", "minLength": 1}}
 
 
+def api_list_params(sorts: dict, searched: str, **filters: dict) -> list[dict]:
+    """The query parameters of a listing (see list_request), and its own filters."""
+    def param(name, description, schema):
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": schema}
+    newest = [sort for sort in sorts if sort in NEWEST_FIRST]
+    return [param("q", f"case-insensitive substring of {searched}",
+                  {"type": "string", "maxLength": MAX_SEARCH}),
+            param("sort", "order of the rows" + (f"; {', '.join(newest)} default to desc"
+                                                 if newest else ""),
+                  {"type": "string", "enum": list(sorts)}),
+            param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
+            param("limit", f"rows per page (default {LIST_LIMIT})",
+                  {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
+            param("cursor", "nextCursor of the page before, with the same q, sort, order "
+                            "and filters", {"type": "string"}),
+            *(param(name, schema.pop("description"), schema)
+              for name, schema in filters.items())]
+
+
+def api_listing(summary: str, name: str, sorts: dict, searched: str, **filters) -> dict:
+    """A GET of one page of a listing (list_request, list_answer)."""
+    page = {"type": "object", "required": [name, "total", "matched", "nextCursor"],
+            "properties": {name: {"type": "array", "items": API_OBJECT},
+                           "total": {"type": "integer", "description": "rows in all"},
+                           "matched": {"type": "integer", "description": "rows matching"},
+                           "nextCursor": {"type": ["string", "null"],
+                                          "description": "null on the last page"}}}
+    return api_operation(summary, {"200": api_answer(name, page)},
+                         params=api_list_params(sorts, searched, **filters),
+                         security=[{"session": [], "csrf": []}], tag="admin")
+
+
+def api_device_listing() -> dict:
+    return api_listing(
+        "a page of devices, as their sync requests showed them", "devices", DEVICE_SORTS,
+        "the device id, namespace, token name or last address",
+        namespace={"type": "string", "description": "only this namespace"},
+        status={"type": "string", "enum": list(DEVICE_STATUSES),
+                "description": "ok: last result ok and not stale; problem: last result "
+                               "not ok; stale: not seen for staleDays"},
+        staleDays={"type": "number", "exclusiveMinimum": 0, "maximum": 36500,
+                   "description": f"days without a request after which a device is "
+                                  f"stale (default {STALE_DAYS})"})
+
+
 API_NS = api_path_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
 API_OBJECT = {"type": "object"}
 
@@ -5188,7 +5691,8 @@ def admin_api_paths() -> dict:
             "parameters": [username],
             "patch": admin("enable, disable or reset password", "user", body=API_OBJECT),
             "delete": admin("delete an admin user")},
-        "/admin/api/namespaces": {"get": admin("namespaces with sizes", "namespaces"),
+        "/admin/api/namespaces": {"get": api_listing("a page of namespaces with sizes",
+                                                     "namespaces", NAMESPACE_SORTS, "the name"),
                                   "post": admin("create a namespace", "created", "201",
                                                 API_OBJECT)},
         "/admin/api/namespaces/{ns}": {
@@ -5202,7 +5706,11 @@ def admin_api_paths() -> dict:
             "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
             "make an earlier version current", "rolled back", body=API_OBJECT)},
-        "/admin/api/tokens": {"get": admin("tokens (never secrets)", "tokens"),
+        "/admin/api/tokens": {"get": api_listing(
+                                  "a page of tokens (never secrets)", "tokens", TOKEN_SORTS,
+                                  "the name, namespace pattern or id", status={
+                                      "type": "string", "description": "usable, disabled or "
+                                      "expired", "enum": list(TOKEN_STATUSES)}),
                               "post": admin("create a token; the secret is in this answer only",
                                             "created", "201", API_OBJECT)},
         "/admin/api/tokens/{id}": {
@@ -5212,6 +5720,7 @@ def admin_api_paths() -> dict:
         "/admin/api/tokens/{id}/rotate": {"parameters": [token_id], "post": admin(
             "new secret; the old one stops", "rotated")},
         "/admin/api/conflicts": {"get": admin("recent 412s, newest first", "conflicts")},
+        "/admin/api/devices": {"get": api_device_listing()},
         "/admin/api/gc": {"post": admin("apply object retention now", "removed")},
     }
 
@@ -5450,16 +5959,17 @@ GC_INTERVAL = 3600
 
 
 def housekeeping(app: App, stop: threading.Event) -> None:
-    """Twice a second: cut overdue connections, add up metrics and token use, and
-    checkpoint the WAL. Every 5 seconds: write token usage. Every hour (first a minute
-    after startup): apply object retention. Within a minute: pick up a renewed TLS
-    certificate."""
+    """Twice a second: cut overdue connections, add up metrics, token use and the device
+    log, and checkpoint the WAL. Every 5 seconds: write token usage and the device log.
+    Every hour (first a minute after startup): apply object retention. Within a minute:
+    pick up a renewed TLS certificate."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
         app.watch.sweep()
         app.metrics.collect()
         app.usage.collect()
+        app.devices.collect()
         now = time.monotonic()
         if app.certificate and now >= next_certificate_check:
             next_certificate_check = now + 60
@@ -5469,6 +5979,7 @@ def housekeeping(app: App, stop: threading.Event) -> None:
             if now - last_flush >= 5:
                 last_flush = now
                 app.usage.flush(app.store)
+                app.devices.flush(app.store)
             if now >= next_gc:
                 next_gc = now + GC_INTERVAL
                 collect_garbage(app.store, app.config.object_retention_seconds)
@@ -5541,6 +6052,7 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
     stop.set()
     try:
         app.usage.flush(store)
+        app.devices.flush(store)
         store.checkpoint(final=True)
     except Exception as error:  # the database busy or gone at shutdown
         log.error("could not write the last token usage or checkpoint the WAL: %s (the data "
@@ -5662,9 +6174,32 @@ def cmd_token_create(args) -> int:
     return 0
 
 
+def cli_listing(args, sorts: dict, default_sort: str, **filters) -> Listing:
+    """The listing `--search`, `--sort` and `--limit` ask for (all rows without --limit)."""
+    try:
+        search = search_text(args.search or "")
+    except ValueError as error:
+        raise ConfigError(f"--search: {error}") from None
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    return Listing(args.sort or default_sort, (args.sort or default_sort) in NEWEST_FIRST,
+                   search, {k: v for k, v in filters.items() if v is not None},
+                   limit=args.limit)
+
+
+def list_rows(page: Page, what: str) -> None:
+    """Say on stderr when --search or --limit left rows out."""
+    if len(page.rows) < page.total:
+        matching = f", {page.matched} matching" if page.matched != page.total else ""
+        print(f"{len(page.rows)} of {page.total} {what}{matching}", file=sys.stderr)
+
+
 def cmd_token_list(args) -> int:
+    listing = cli_listing(args, TOKEN_SORTS, "created", status=args.status)
     with cli_store(args).read() as tx:
-        tokens = flag_lookalikes([token_view(row) for row in tx.tokens()], "token")
+        page, names = tx.token_page(listing, time.time()), tx.token_names()
+    list_rows(page, "tokens")
+    tokens = flag_lookalikes([token_view(row) for row in page.rows], "token", names)
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
@@ -5699,8 +6234,11 @@ def cmd_token_change(args) -> int:
 
 
 def cmd_namespace_list(args) -> int:
+    listing = cli_listing(args, NAMESPACE_SORTS, "name")
     with cli_store(args).read() as tx:
-        views = flag_lookalikes(tx.namespace_views(), "namespace")
+        page, names = tx.namespace_page(listing), tx.namespace_names()
+    list_rows(page, "namespaces")
+    views = flag_lookalikes([namespace_view(row) for row in page.rows], "namespace", names)
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -5711,6 +6249,33 @@ def cmd_namespace_list(args) -> int:
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
                             ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE"),
                             ("nameWarning", "NAME WARNING")])
+    return 0
+
+
+def cmd_device_list(args) -> int:
+    try:
+        namespace = args.namespace and check_namespace(args.namespace)
+        days = stale_days(args.stale_days)
+    except BadName as error:
+        raise ConfigError(f"--namespace: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"--stale-days {args.stale_days!r}: {error}") from None
+    listing = cli_listing(args, DEVICE_SORTS, "lastSeen", namespace=namespace,
+                          status=args.status, staleDays=days)
+    page, devices = device_listing(cli_store(args), listing)
+    list_rows(page, "devices")
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return 0
+    for device in devices:
+        device["flags"] = ",".join(f for f in ("stale", "problem") if device[f]) or "-"
+        device["result"] = device["lastResult"] + (
+            f" {device['lastStatus']}" if device["lastResult"] != "ok" else "")
+    print_table(devices, [("namespace", "NAMESPACE"), ("deviceId", "DEVICE"),
+                          ("tokenName", "TOKEN"), ("lastSeenAt", "LAST SEEN"),
+                          ("result", "LAST RESULT"), ("lastResultAt", "SINCE"),
+                          ("clientVersion", "CLIENT"), ("lastIp", "LAST IP"),
+                          ("flags", "FLAGS")])
     return 0
 
 
@@ -6003,6 +6568,19 @@ def add_group(commands, name: str, help_text: str):
     return group.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
+def add_list_command(actions, help_text: str, run, sorts: dict, searched: str):
+    """A `list` action with --search, --sort, --limit and --json."""
+    listing = add_command(actions, "list", help_text, run)
+    listing.add_argument("--search", metavar="TEXT",
+                         help=f"only {searched} TEXT (any case)")
+    newest = [sort for sort in sorts if sort in NEWEST_FIRST]
+    listing.add_argument("--sort", choices=list(sorts), help="order of the rows" + (
+        f" ({', '.join(newest)}: largest or newest first)" if newest else ""))
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N rows (default: all)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    return listing
+
+
 def add_token_commands(commands) -> None:
     actions = add_group(commands, "token", "create and manage API tokens")
     create = add_command(actions, "create", "create a token; prints the secret once on stdout",
@@ -6015,8 +6593,10 @@ def add_token_commands(commands) -> None:
     create.add_argument("--expires-at", metavar="RFC3339",
                         help="expiry such as 2027-06-30T00:00:00Z (default: "
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
-    add_command(actions, "list", "list tokens and their use", cmd_token_list).add_argument(
-        "--json", action="store_true", help="print JSON")
+    listing = add_list_command(actions, "list tokens and their use", cmd_token_list,
+                               TOKEN_SORTS, "tokens whose name, namespace pattern or id contains")
+    listing.add_argument("--status", choices=list(TOKEN_STATUSES),
+                         help="only tokens that are usable, disabled, or expired")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
                          ("rotate", "give a token a new secret; the old one stops working"),
                          ("delete", "delete a token")):
@@ -6026,9 +6606,8 @@ def add_token_commands(commands) -> None:
 
 def add_namespace_commands(commands) -> None:
     actions = add_group(commands, "namespace", "list and manage namespaces")
-    add_command(actions, "list", "list namespaces with sizes and last sync",
-                cmd_namespace_list).add_argument("--json", action="store_true",
-                                                 help="print JSON")
+    add_list_command(actions, "list namespaces with sizes and last sync", cmd_namespace_list,
+                     NAMESPACE_SORTS, "namespaces whose name contains")
     for action, text in (("create", "create an empty namespace"),
                          ("delete", "soft-delete: sync answers 410, data is kept"),
                          ("restore", "undo a soft delete"),
@@ -6054,6 +6633,20 @@ def add_namespace_commands(commands) -> None:
     target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")
     target.add_argument("--to-blob", type=int, metavar="VERSION", help="snapshot version")
     rollback.add_argument("--yes", action="store_true", help="do it (default: dry run)")
+
+
+def add_device_commands(commands) -> None:
+    actions = add_group(commands, "device", "devices as their sync requests showed them")
+    listing = add_list_command(actions, "list devices: token, last seen, client version, "
+                               "address and last result", cmd_device_list, DEVICE_SORTS,
+                               "devices whose id, namespace, token name or address contains")
+    listing.add_argument("--namespace", help="only devices of this namespace")
+    listing.add_argument("--status", choices=list(DEVICE_STATUSES),
+                         help="ok: last result ok and recent; problem: last result not ok; "
+                              "stale: no request for --stale-days")
+    listing.add_argument("--stale-days", default=str(STALE_DAYS), metavar="DAYS",
+                         help=f"days without a request that make a device stale "
+                              f"(default {STALE_DAYS})")
 
 
 def add_maintenance_commands(commands) -> None:
@@ -6106,6 +6699,7 @@ def build_parser() -> argparse.ArgumentParser:
                 SERVER_OPTIONS)
     add_token_commands(commands)
     add_namespace_commands(commands)
+    add_device_commands(commands)
     add_maintenance_commands(commands)
     add_admin_commands(commands)
     parser.set_defaults(command_names=set(commands.choices))

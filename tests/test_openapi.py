@@ -37,6 +37,7 @@ EXPECTED = {
     "/admin/api/tokens/{id}": {"patch", "delete"},
     "/admin/api/tokens/{id}/rotate": {"post"},
     "/admin/api/conflicts": {"get"},
+    "/admin/api/devices": {"get"},
     "/admin/api/gc": {"post"},
 }
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
