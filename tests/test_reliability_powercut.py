@@ -707,6 +707,7 @@ def test_resealing_cut_part_way_is_whole_and_resumes(operator_cut, prepared, com
                 f"cut {number}: {command} exited 0 but the store holds {state}"
         cut.finish(command, env=env)
         assert set(payload_keys(live)["keys"]) == {key_id(new)}
+        assert_payload_rows_whole(cut.server, sealed=True, hashes=False)
     check_readable(cut, expected, new)
 
 
@@ -719,6 +720,7 @@ def test_gc_cut_part_way_keeps_what_is_referenced(operator_cut, prepared, tmp_pa
         place_durably(source, live)
         finished = cut.run("gc", "--object-retention-seconds", "1", serving=True)
         assert integrity_check(live) == "ok"
+        assert_payload_rows_whole(cut.server)
         left = db_rows_in(live, "objects")
         assert left >= kept and (left == kept or not finished), \
             f"cut {number}: {left} objects left of {kept} kept (gc exited: {finished})"
