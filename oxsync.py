@@ -3297,7 +3297,9 @@ class DeviceLog:
         self.dropped = 0
 
     def observe(self, request, response: Response) -> None:
-        namespace = getattr(request, "namespace", None)
+        """After each request that RequestHandler.serve answered (which resets namespace
+        and device_id; sync_access and put_metadata set them)."""
+        namespace = request.namespace
         device = namespace and (request.device_id or request.headers.get(
             "X-OxideTerm-Device-Id"))
         if device:
@@ -3885,6 +3887,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/v1/"):
             response.headers.extend(self.app.cors_headers(self.headers.get("Origin")))
         self.write_response(response)
+        self.app.devices.observe(self, response)
         self.app.log_access(self, route.template if route else "-", response,
                             time.perf_counter() - started)
 
@@ -4232,7 +4235,6 @@ class App:
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
-        self.devices.observe(request, response)
         received = request.body_length if getattr(request, "body_read", False) else 0
         # A method nobody routes counts as OTHER: each made-up one would be a series forever.
         method = request.command if request.command in HTTP_METHODS else "OTHER"
