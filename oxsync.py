@@ -4738,8 +4738,8 @@ def openapi(request):
 # The reader only opens the file for reading and never writes to it.
 #
 # XXH3-128 comes from the optional `xxhash` package rather than a pure-Python copy: every
-# page is checked, and in Python a multi-gigabyte file would take hours where the C
-# implementation takes seconds. Only import-reference needs it; serving stays stdlib-only.
+# page of the file is checked, which C does at disk speed and Python many times slower.
+# Only import-reference needs it; serving stays standard library only.
 
 REDB_MAGIC = b"redb\x1a\x0a\xa9\x0d\x0a"
 REDB_HEADER_SIZE, REDB_SLOT_SIZE = 64, 128
@@ -4820,7 +4820,13 @@ class RedbFile:
             raise RedbError(f"{path} has a damaged redb header (page size {self.page_size})")
         self.region_data_start = header_pages * self.page_size
         self.region_size = (header_pages + max_data_pages) * self.page_size
+        trailing_pages = u32_at(head, 28)
+        layout_size = self.page_size + u32_at(head, 24) * self.region_size + (
+            (header_pages + trailing_pages) * self.page_size if trailing_pages else 0)
         self.god_byte = head[9]
+        # redb trusts the primary slot of a cleanly closed file; the reference never closes
+        # its file, so its "recovery required" flag (0x02) is set and the slots are weighed.
+        self.recovering = bool(self.god_byte & 2) or layout_size != self.size
         self.slots = [redb_slot(head[REDB_HEADER_SIZE + i * REDB_SLOT_SIZE:][:REDB_SLOT_SIZE])
                       for i in (0, 1)]
         self.slot = self.pick_slot()
@@ -4846,15 +4852,16 @@ class RedbFile:
     def pick_slot(self) -> dict:
         """The commit to read, the way redb repairs: the primary slot, or the other one
         when it holds a newer intact commit; then, when that commit's slot or trees fail
-        their checksums (a torn commit), the other slot (not after a two-phase commit)."""
+        their checksums (a torn commit), the other slot (not after a two-phase commit, nor
+        in a file closed cleanly)."""
         primary = self.slots[self.god_byte & 1]
         secondary = self.slots[(self.god_byte & 1) ^ 1]
-        two_phase = bool(self.god_byte & 4)
-        if not two_phase and primary["intact"] and secondary["intact"] and \
+        primary_only = bool(self.god_byte & 4) or not self.recovering  # 4: two-phase commit
+        if not primary_only and primary["intact"] and secondary["intact"] and \
                 secondary["transaction"] > primary["transaction"]:
             primary, secondary = secondary, primary
         failures = []
-        for slot in [primary] if two_phase else [primary, secondary]:
+        for slot in [primary] if primary_only else [primary, secondary]:
             try:
                 if not slot["intact"]:
                     raise RedbTorn("its slot checksum fails")

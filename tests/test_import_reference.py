@@ -391,6 +391,19 @@ def test_a_torn_newest_commit_slot_falls_back_to_the_one_before(plaintext_copy, 
     assert "newest commit in the file was torn" in result.stdout
 
 
+def test_a_cleanly_closed_file_is_read_from_its_primary_slot_only(plaintext_copy, tmp_path):
+    """Without the recovery flag redb trusts the primary slot: a damaged one is not
+    repaired by reading the other, it is refused."""
+    data = plaintext_copy.read_bytes()
+    primary = data[9] & 1
+    patched(plaintext_copy, 9, bytes([data[9] & ~2]))
+    target = tmp_path / "target.db"
+    assert import_reference(plaintext_copy, "--db-path", str(target), "--dry-run") \
+        .returncode == 0
+    patched(plaintext_copy, 64 + 128 * primary + 100, b"\xff")
+    refused(plaintext_copy, target, "corrupted", "slot checksum")
+
+
 def test_both_slots_damaged_is_refused(plaintext_copy, tmp_path):
     for slot in (64, 192):
         patched(plaintext_copy, slot + 100, b"\xff")  # inside the slot, under its checksum
