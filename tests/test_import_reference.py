@@ -16,13 +16,16 @@ import gzip
 import hashlib
 import json
 import shutil
+import signal
 import sqlite3
+import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import (OxsyncServer, database_url_for, db_rows, ns_path, object_path,
+from conftest import (OXSYNC, OxsyncServer, database_url_for, db_rows, ns_path, object_path,
                       one_error_line, quoted, run_oxsync)
 
 BOTH_STORES = True
@@ -448,6 +451,36 @@ def sqlite_dump(path: Path) -> list[str]:
         return list(db.iterdump())
     finally:
         db.close()
+
+
+def test_an_interrupted_import_leaves_nothing_behind(tmp_path):
+    """Killed while it writes (once its uncommitted pages fill 4 MiB of the target's WAL):
+    the import is one transaction, so the target holds all of it or none of it."""
+    source = unpack("large", tmp_path)
+    target = tmp_path / "target.db"
+    process = subprocess.Popen([*OXSYNC, "import-reference", "--from", str(source),
+                                "--db-path", str(target)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wal = Path(f"{target}-wal")
+    while process.poll() is None and (not wal.exists() or wal.stat().st_size < 4 << 20):
+        time.sleep(0.001)
+    killed_while_writing = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    db = sqlite3.connect(target)
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        counts = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                  if table in tables else 0  # killed before the schema was made
+                  for table in ("namespaces", "payloads", "tokens", "conflicts")}
+    finally:
+        db.close()
+    assert counts in ({"namespaces": 0, "payloads": 0, "tokens": 0, "conflicts": 0},
+                      {"namespaces": 600, "payloads": 1000, "tokens": 500, "conflicts": 800})
+    if killed_while_writing:
+        assert counts["namespaces"] == 0
+        result = import_reference(source, "--db-path", str(target))  # it can start over
+        assert result.returncode == 0, result.stderr
 
 
 # -- a large database: deep B-trees, values of many pages, many regions -------------------
