@@ -4728,10 +4728,10 @@ def openapi(request):
 # ---------------------------------------------------------------------------
 #
 # `import-reference` reads the reference server's redb file. The format is redb's
-# docs/design.md at v2.6.3 (its v2 sections) plus what its source adds: a 512-byte super
-# header (a 64-byte header, then two 128-byte commit slots each naming the user, system
-# and freed tree roots, a transaction id and an XXH3-128 slot checksum), then regions of
-# pages. A page number packs region, index and order (a page of order n is 2**n base
+# docs/design.md at v2.6.3 (its v2 sections) plus what its source adds: a super header in
+# the first page (a 64-byte header, then two 128-byte commit slots each naming the user,
+# system and freed tree roots, a transaction id and an XXH3-128 slot checksum), then
+# regions of pages. A page number packs region, index and order (a page of order n is 2**n base
 # pages: that is how values larger than a page are stored). B-tree pages are leaves
 # (type 1) or branches (type 2); every child pointer carries the XXH3-128 checksum of
 # the child's used bytes, so a torn commit shows as a checksum that does not match.
@@ -5084,6 +5084,20 @@ def check_reference_key(source: ReferenceSource) -> None:
                     "ENCRYPTION_KEY the reference server ran with (or it ran without one)")
 
 
+def check_reference(source: ReferenceSource) -> dict:
+    """Everything that could stop the import, checked before anything is written: the key,
+    every name and token, every payload -> the payloads' (size, sha256)."""
+    check_reference_key(source)
+    for namespace in source.namespaces():
+        try:
+            check_namespace(namespace)
+        except BadName as error:
+            raise RedbError(f"namespace {namespace!r} cannot move: {error}") from None
+    for token in source.tokens:
+        reference_token_fields(token, source.devices)
+    return check_reference_payloads(source)
+
+
 def check_reference_payloads(source: ReferenceSource) -> dict:
     """Open every payload once before anything is written -> (kind, namespace, path) ->
     (size, sha256). A sealed payload without the key, or the wrong key, stops here."""
@@ -5092,7 +5106,6 @@ def check_reference_payloads(source: ReferenceSource) -> dict:
         where = f"object {path!r} of namespace {namespace!r}" if path else \
             f"snapshot of namespace {namespace!r}"
         try:
-            check_namespace(namespace)
             if path:
                 check_object_path(path)
         except BadName as error:
@@ -5856,8 +5869,7 @@ def cmd_import_reference(args) -> int:
     try:
         source = ReferenceSource(args.source, settings["reference_key"])
         try:
-            check_reference_key(source)
-            digests = check_reference_payloads(source)
+            digests = check_reference(source)
             if args.dry_run:
                 print("dry run, nothing written; this would move:")
                 print("\n".join(reference_summary(source, digests)))

@@ -15,6 +15,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -294,6 +295,17 @@ def test_a_structured_sync_continues_where_it_stopped(moved):
     assert len(history["versions"]) == 2  # the imported manifest, then this one
 
 
+def test_imported_tokens_are_managed_like_any_other(moved):
+    """Last of the module's tests on `moved`: it rotates one token."""
+    server, data, _ = moved
+    team = next(t for t in data["tokens"] if t["name"] == "team-rw")
+    fresh = server.cli("token", "rotate", team["id"]).stdout.strip()
+    assert fresh.startswith("oxs_")
+    assert server.request("GET", ns_path("team-bob", "metadata"), token=fresh).status == 200
+    old = server.request("GET", ns_path("team-bob", "metadata"), token=team["token"])
+    assert old.status == 401
+
+
 # -- refusals: one line, exit 2, nothing written, the source unchanged --------------------
 
 @pytest.fixture
@@ -422,6 +434,17 @@ def test_a_wrong_or_missing_reference_key_writes_nothing(tmp_path):
             args=("--reference-key", "33" * 32))
     result = import_reference(source, "--db-path", str(target), "--reference-key", "abc")
     one_error_line(result, "64 hex", code=2)
+    assert not target.exists()
+
+
+def test_without_xxhash_the_error_names_the_package(plaintext_copy, tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "xxhash.py").write_text("raise ImportError('not installed here')\n")
+    target = tmp_path / "target.db"
+    result = import_reference(plaintext_copy, "--db-path", str(target),
+                              env={**os.environ, "PYTHONPATH": str(shadow)})
+    one_error_line(result, "xxhash", "pip install", code=2)
     assert not target.exists()
 
 
