@@ -26,8 +26,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # (docker-compose.postgres.yml); build with --build-arg PSYCOPG_VERSION= to leave it out.
 ARG CRYPTOGRAPHY_VERSION=48.0.0
 ARG PSYCOPG_VERSION=3.3.9
+# xxhash: only `oxsync import-reference` (moving from the reference server) needs it.
+ARG XXHASH_VERSION=4.1.0
 RUN pip install --no-cache-dir "cryptography==${CRYPTOGRAPHY_VERSION}" \
-        ${PSYCOPG_VERSION:+"psycopg[binary]==${PSYCOPG_VERSION}"}
+        ${PSYCOPG_VERSION:+"psycopg[binary]==${PSYCOPG_VERSION}"} \
+        ${XXHASH_VERSION:+"xxhash==${XXHASH_VERSION}"}
 
 # A fixed non-root uid/gid (10001), so the volume's owner is predictable on the host:
 # for a bind mount instead of the named volume, chown -R 10001:10001 the host folder.

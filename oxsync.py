@@ -696,6 +696,13 @@ class Sealer:
         self._aead.encrypt_into(nonce, data, context, memoryview(sealed)[NONCE_SIZE:])
         return sealed, self.key_id
 
+    def open_foreign(self, stored) -> bytes:
+        """A payload sealed by the reference server: nonce + ciphertext, no associated data."""
+        try:
+            return self._aead.decrypt(stored[:NONCE_SIZE], stored[NONCE_SIZE:], None)
+        except Exception:  # cryptography's InvalidTag
+            raise SealError("authentication failed (another key, or not sealed)") from None
+
     def open(self, stored, key_id: str | None, context: bytes):
         if key_id is None:
             return stored
@@ -1063,6 +1070,14 @@ class Records:
                  "sum(size) FROM blob_versions WHERE namespace = ?), 0) WHERE name = ?",
                  (namespace,) * 4)
 
+    def import_namespace(self, name: str, metadata: str | None, etag: str | None,
+                         created_at: float, updated_at: float | None,
+                         deleted_at: float | None) -> None:
+        """A namespace moved from elsewhere (import-reference), metadata text as it was."""
+        self.run("INSERT INTO namespaces (name, metadata, etag, created_at, updated_at, "
+                 "deleted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                 (name, metadata, etag, created_at, updated_at, deleted_at))
+
     def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
         """Soft delete or restore -> False when there is no such namespace."""
         return self.run("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
@@ -1270,6 +1285,15 @@ class Records:
         self.run("DELETE FROM conflicts WHERE id <= (SELECT max(id) FROM conflicts) - ?",
                  (KEEP_CONFLICTS,))
 
+    CONFLICT_FIELDS = ("at", "namespace", "operation", "path", "device_id", "requested_etag",
+                       "requested_revision", "remote_etag", "remote_revision")
+
+    def import_conflict(self, **fields) -> None:
+        """A conflict recorded elsewhere (import-reference), at the time it happened."""
+        self.run(f"INSERT INTO conflicts ({', '.join(self.CONFLICT_FIELDS)}) "
+                 f"VALUES ({', '.join('?' for _ in self.CONFLICT_FIELDS)})",
+                 tuple(fields.get(name) for name in self.CONFLICT_FIELDS))
+
     def conflicts(self, limit: int) -> list:
         return self.all("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?", (limit,))
 
@@ -1297,6 +1321,17 @@ class Records:
         self.run("INSERT INTO tokens (id, name, token_hash, namespace_pattern, permissions, "
                  "expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                  (token_id, name, token_hash, pattern, permissions, expires_at, now))
+
+    IMPORTED_TOKEN_FIELDS = ("id", "name", "token_hash", "namespace_pattern", "permissions",
+                             "enabled", "expires_at", "created_at", "rotated_at", "use_count",
+                             "last_used_at", "last_namespace", "last_ip",
+                             "last_client_version")
+
+    def import_token(self, **fields) -> None:
+        """A token moved from elsewhere (import-reference) with its use so far."""
+        self.run(f"INSERT INTO tokens ({', '.join(self.IMPORTED_TOKEN_FIELDS)}) "
+                 f"VALUES ({', '.join('?' for _ in self.IMPORTED_TOKEN_FIELDS)})",
+                 tuple(fields[name] for name in self.IMPORTED_TOKEN_FIELDS))
 
     TOKEN_FIELDS = ("name", "enabled", "expires_at", "token_hash", "rotated_at")
 
@@ -5777,6 +5812,588 @@ def openapi(request):
 
 
 # ---------------------------------------------------------------------------
+# Reading the reference server's database: redb 2.x, file format v2 (read only)
+# ---------------------------------------------------------------------------
+#
+# `import-reference` reads the reference server's redb file. The format is redb's
+# docs/design.md at v2.6.3 (its v2 sections) plus what its source adds: a super header in
+# the first page (a 64-byte header, then two 128-byte commit slots each naming the user,
+# system and freed tree roots, a transaction id and an XXH3-128 slot checksum), then
+# regions of pages. A page number packs region, index and order (a page of order n is 2**n base
+# pages: that is how values larger than a page are stored). B-tree pages are leaves
+# (type 1) or branches (type 2); every child pointer carries the XXH3-128 checksum of
+# the child's used bytes, so a torn commit shows as a checksum that does not match.
+# The reader only opens the file for reading and never writes to it.
+#
+# XXH3-128 comes from the optional `xxhash` package rather than a pure-Python copy: every
+# page of the file is checked, which C does at disk speed and Python many times slower.
+# Only import-reference needs it; serving stays standard library only.
+
+REDB_MAGIC = b"redb\x1a\x0a\xa9\x0d\x0a"
+REDB_HEADER_SIZE, REDB_SLOT_SIZE = 64, 128
+REDB_LEAF, REDB_BRANCH = 1, 2
+REDB_NORMAL_TABLE, REDB_MULTIMAP_TABLE = 3, 4
+REDB_MAX_DEPTH = 64  # a B-tree of 4 KiB pages is nowhere near this deep
+
+
+class RedbError(Exception):
+    """A file that is not a readable redb v2 database; the message is one line."""
+
+
+class RedbTorn(RedbError):
+    """A checksum that does not match: a torn commit, or a damaged page."""
+
+
+def redb_checksum(data) -> int:
+    try:
+        import xxhash
+    except ImportError:
+        raise RedbError("reading a redb file needs the 'xxhash' package (redb's XXH3-128 "
+                        "checksums); install it with: python3 -m pip install xxhash") from None
+    return xxhash.xxh3_128_intdigest(bytes(data))
+
+
+def u32_at(data, offset: int) -> int:
+    return int.from_bytes(data[offset:offset + 4], "little")
+
+
+def u64_at(data, offset: int) -> int:
+    return int.from_bytes(data[offset:offset + 8], "little")
+
+
+def u128_at(data, offset: int) -> int:
+    return int.from_bytes(data[offset:offset + 16], "little")
+
+
+def redb_tree_root(data, offset: int) -> tuple[int, int, int]:
+    """A B-tree header: (root page number, root checksum, entry count)."""
+    return u64_at(data, offset), u128_at(data, offset + 8), u64_at(data, offset + 24)
+
+
+def redb_slot(data) -> dict:
+    """One commit slot: the file format version, the roots, and whether its checksum holds."""
+    version = data[0]
+    if version == 1:
+        raise RedbError("this is a redb file format v1 database (redb 1.x); the reference "
+                        "server writes v2: open it once with the reference server to upgrade")
+    if version == 3:
+        raise RedbError("this is a redb file format v3 database (redb 3.x); import-reference "
+                        "reads the v2 files of the reference server (redb 2.x)")
+    if version != 2:
+        raise RedbError(f"unknown redb file format version {version} (expected 2)")
+
+    def root(flag: int, offset: int):
+        return redb_tree_root(data, offset) if data[flag] else None
+    return {"user": root(1, 8), "system": root(2, 40), "freed": root(3, 72),
+            "transaction": u64_at(data, 104),
+            "intact": u128_at(data, 112) == redb_checksum(data[:112])}
+
+
+class RedbFile:
+    """A redb v2 file opened read-only: its commit slots, tables and their entries."""
+
+    def __init__(self, path: str):
+        try:
+            self.file = open(path, "rb")
+        except OSError as error:
+            raise RedbError(f"cannot read {path}: {error.strerror}") from None
+        self.size = os.fstat(self.file.fileno()).st_size
+        head = self.read_at(0, REDB_HEADER_SIZE + 2 * REDB_SLOT_SIZE, "the header")
+        if head[:9] != REDB_MAGIC:
+            raise RedbError(f"{path} is not a redb database (no redb magic number)")
+        self.page_size = u32_at(head, 12)
+        header_pages, max_data_pages = u32_at(head, 16), u32_at(head, 20)
+        if self.page_size not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or \
+                not max_data_pages:
+            raise RedbError(f"{path} has a damaged redb header (page size {self.page_size})")
+        self.region_data_start = header_pages * self.page_size
+        self.region_size = (header_pages + max_data_pages) * self.page_size
+        trailing_pages = u32_at(head, 28)
+        layout_size = self.page_size + u32_at(head, 24) * self.region_size + (
+            (header_pages + trailing_pages) * self.page_size if trailing_pages else 0)
+        self.god_byte = head[9]
+        # redb trusts the primary slot of a cleanly closed file; the reference never closes
+        # its file, so its "recovery required" flag (0x02) is set and the slots are weighed.
+        self.recovering = bool(self.god_byte & 2) or layout_size != self.size
+        self.slots = [redb_slot(head[REDB_HEADER_SIZE + i * REDB_SLOT_SIZE:][:REDB_SLOT_SIZE])
+                      for i in (0, 1)]
+        self.slot = self.pick_slot()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def read_at(self, offset: int, length: int, what: str) -> bytes:
+        if offset + length > self.size:
+            raise RedbError(f"the file is truncated: {what} ends at byte {offset + length}, "
+                            f"but the file has {self.size} bytes")
+        self.file.seek(offset)
+        return self.file.read(length)
+
+    def page(self, number: int) -> bytes:
+        order = number >> 59
+        index, region = number & (0xFFFFF >> order), (number >> 20) & 0xFFFFF
+        length = self.page_size << order
+        offset = self.page_size + region * self.region_size + self.region_data_start + \
+            index * length
+        return self.read_at(offset, length, f"page {index} (order {order}) of region {region}")
+
+    def pick_slot(self) -> dict:
+        """The commit to read, the way redb repairs: the primary slot, or the other one
+        when it holds a newer intact commit; then, when that commit's slot or trees fail
+        their checksums (a torn commit), the other slot (not after a two-phase commit, nor
+        in a file closed cleanly)."""
+        primary = self.slots[self.god_byte & 1]
+        secondary = self.slots[(self.god_byte & 1) ^ 1]
+        primary_only = bool(self.god_byte & 4) or not self.recovering  # 4: two-phase commit
+        if not primary_only and primary["intact"] and secondary["intact"] and \
+                secondary["transaction"] > primary["transaction"]:
+            primary, secondary = secondary, primary
+        failures = []
+        for slot in [primary] if primary_only else [primary, secondary]:
+            try:
+                if not slot["intact"]:
+                    raise RedbTorn("its slot checksum fails")
+                self.verify(slot)
+            except RedbTorn as error:
+                failures.append(f"commit {slot['transaction']}: {error}")
+                continue
+            self.torn = failures  # the newer commit passed over, if any
+            return slot
+        raise RedbError("the file is corrupted (no intact commit: " + "; ".join(failures) + ")")
+
+    def verify(self, slot: dict) -> None:
+        """Check every page of the commit's user, system and freed trees, as redb does."""
+        for name in ("user", "system"):
+            if slot[name]:
+                for _, definition in self.entries(slot[name], None, None):
+                    table = redb_table_definition(definition)
+                    if table["root"]:
+                        fixed_value = table["fixed_value"]
+                        if table["type"] == REDB_MULTIMAP_TABLE:
+                            fixed_value = None  # its nested trees are not ours to read
+                        for _ in self.entries(table["root"], table["fixed_key"], fixed_value):
+                            pass
+        if slot["freed"]:
+            for _ in self.entries(slot["freed"], 16, None):
+                pass
+
+    def tables(self) -> dict[str, dict]:
+        """The user tables of the chosen commit: name -> definition."""
+        if not self.slot["user"]:
+            return {}
+        return {key.decode("utf-8", "replace"): redb_table_definition(value)
+                for key, value in self.entries(self.slot["user"], None, None)}
+
+    def entries(self, root, fixed_key, fixed_value):
+        """Every (key, value) of a B-tree in key order, checking each page's checksum."""
+        stack = [(root[0], root[1], 0)]
+        while stack:
+            number, checksum, depth = stack.pop()
+            if depth > REDB_MAX_DEPTH:
+                raise RedbTorn("a B-tree is deeper than any real one (a loop of pages)")
+            data = self.page(number)
+            if data[0] == REDB_LEAF:
+                pairs = redb_leaf(data, fixed_key, fixed_value)
+                redb_check(data, pairs[-1][1].stop if pairs else 0, checksum, number)
+                yield from ((data[k], data[v]) for k, v in pairs)
+            elif data[0] == REDB_BRANCH:
+                children, used = redb_branch(data, fixed_key)
+                redb_check(data, used, checksum, number)
+                stack.extend((child, sum_, depth + 1) for child, sum_ in reversed(children))
+            else:
+                raise RedbTorn(f"page {number:#x} is neither a leaf nor a branch")
+
+
+def redb_check(data: bytes, used: int, expected: int, number: int) -> None:
+    if not 0 < used <= len(data) or redb_checksum(data[:used]) != expected:
+        raise RedbTorn(f"page {number:#x} does not match its checksum")
+
+
+def redb_leaf(data: bytes, fixed_key, fixed_value) -> list[tuple[slice, slice]]:
+    """A leaf page's (key, value) byte ranges."""
+    count = int.from_bytes(data[2:4], "little")
+    if not count:
+        raise RedbTorn("a leaf page holds no entries")
+    key_ends = 4  # the key end offsets, then the value end offsets, each when not fixed
+    value_ends = 4 + (4 * count if fixed_key is None else 0)
+    start = 4 + 4 * count * ((fixed_key is None) + (fixed_value is None))
+    pairs, key_start = [], start
+    for n in range(count):
+        key_end = key_start + fixed_key if fixed_key is not None else \
+            u32_at(data, key_ends + 4 * n)
+        pairs.append([key_start, key_end])
+        key_start = key_end
+    value_start = key_start
+    for n in range(count):
+        value_end = value_start + fixed_value if fixed_value is not None else \
+            u32_at(data, value_ends + 4 * n)
+        pairs[n] = (slice(*pairs[n]), slice(value_start, value_end))
+        value_start = value_end
+    if any(not (p[0].start <= p[0].stop <= p[1].start <= p[1].stop <= len(data))
+           for p in pairs):
+        raise RedbTorn("a leaf page's offsets point outside it")
+    return pairs
+
+
+def redb_branch(data: bytes, fixed_key) -> tuple[list[tuple[int, int]], int]:
+    """A branch page's children (page number, checksum) and how many bytes it uses."""
+    keys = int.from_bytes(data[2:4], "little")
+    if not keys:
+        raise RedbTorn("a branch page holds no keys")
+    children = keys + 1
+    numbers = 8 + 16 * children
+    children_list = [(u64_at(data, numbers + 8 * n), u128_at(data, 8 + 16 * n))
+                     for n in range(children)]
+    key_section = numbers + 8 * children
+    if fixed_key is not None:
+        used = key_section + fixed_key * keys
+    else:
+        used = u32_at(data, key_section + 4 * (keys - 1))
+    return children_list, used
+
+
+def redb_table_definition(data: bytes) -> dict:
+    """A table tree value (redb's InternalTableDefinition, v2): type, root and widths."""
+    if len(data) < 1 + 8 + 1 + 32 + 5 + 5 + 8 + 4 or data[0] not in (REDB_NORMAL_TABLE,
+                                                                    REDB_MULTIMAP_TABLE):
+        raise RedbTorn("a table definition is damaged")
+
+    def optional_u32(offset):
+        return u32_at(data, offset + 1) if data[offset] else None
+    return {"type": data[0], "length": u64_at(data, 1),
+            "root": redb_tree_root(data, 10) if data[9] else None,
+            "fixed_key": optional_u32(42), "fixed_value": optional_u32(47)}
+
+
+# -- import-reference: the reference server's records into an empty oxsync store -------
+
+# The reference's tables (its src/db.rs): string keys, JSON values in camelCase, payloads
+# as stored (with its ENCRYPTION_KEY: 12-byte nonce + ChaCha20-Poly1305, no associated data).
+REFERENCE_REQUIRED_TABLES = ("metadata", "tokens")
+SYNC_DATA_TABLES = ("namespaces", "payloads", "blobs", "blob_versions", "objects", "manifests",
+                    "tokens", "conflicts")
+
+
+def reference_json(value: bytes, what: str) -> dict:
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise RedbError(f"{what} is not a JSON object; is this the reference server's file?")
+    return record
+
+
+def reference_time(value) -> float | None:
+    """The reference's RFC 3339 times (nanoseconds, '+00:00'); None when absent or unreadable."""
+    try:
+        return parse_rfc3339(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+class ReferenceSource:
+    """The reference server's database, as of its newest intact commit: the small records
+    in memory, the payloads streamed from the file each time they are asked for."""
+
+    def __init__(self, path: str, key: bytes | None):
+        self.redb = RedbFile(path)
+        self.tables = self.redb.tables()
+        missing = [name for name in REFERENCE_REQUIRED_TABLES if name not in self.tables]
+        if missing:
+            raise RedbError(f"this redb file has no {' or '.join(missing)} table: it is not a "
+                            "reference server database")
+        self.unsealer = Sealer(key) if key else None
+        self.metadata = {key[3:]: value for key, value in self.records("metadata")
+                         if key.startswith("ns:")}
+        self.deleted = {key: reference_time(reference_json(value, "a deleted namespace")
+                                            .get("deletedAt")) or time.time()
+                        for key, value in self.records("deleted_namespaces")}
+        self.object_meta = {key: reference_json(value, f"object metadata {key!r}")
+                            for key, value in self.records("object_metadata")}
+        self.tokens, self.devices, self.conflicts = (
+            [reference_json(value, f"{what} {key!r}") for key, value in self.records(table)]
+            for table, what in (("tokens", "token"), ("devices", "device"),
+                                ("sync_conflicts", "conflict")))
+        self.admin_users = sum(1 for _ in self.records("admin_users"))
+        self.login_addresses = sum(1 for _ in self.records("login_attempts"))
+
+    def records(self, table: str):
+        """(key, value) of one table in key order; nothing when the table does not exist."""
+        definition = self.tables.get(table)
+        if definition is None or definition["root"] is None:
+            return
+        if definition["type"] != REDB_NORMAL_TABLE or definition["fixed_key"] is not None:
+            raise RedbError(f"table {table} does not have the reference server's shape")
+        for key, value in self.redb.entries(definition["root"], None,
+                                            definition["fixed_value"]):
+            try:
+                yield key.decode("utf-8"), value
+            except UnicodeDecodeError:
+                raise RedbError(f"table {table} has a key that is not UTF-8 text") from None
+
+    def payloads(self):
+        """('blob', namespace, '', bytes as stored) and ('object', namespace, path, ...)."""
+        for key, value in self.records("blobs"):
+            if key.startswith("ns:"):
+                yield "blob", key[3:], "", value
+        for key, value in self.records("objects"):
+            namespace, separator, path = key[3:].partition("/obj:")
+            if key.startswith("ns:") and separator:
+                yield "object", namespace, path, value
+
+    def open(self, stored: bytes, where: str) -> bytes:
+        if self.unsealer is None:
+            return stored
+        try:
+            return self.unsealer.open_foreign(stored)
+        except SealError:
+            raise RedbError(f"--reference-key does not open the {where}: it is not the key "
+                            "the reference server ran with (or it ran without one)") from None
+
+    def namespaces(self) -> list[str]:
+        names = set(self.metadata) | set(self.deleted)
+        names.update(key[3:].partition("/obj:")[0] for key in self.object_meta)
+        return sorted(names)
+
+
+def check_reference_key(source: ReferenceSource) -> None:
+    """With --reference-key, the tokens' stored secrets (sealed with the reference's
+    ENCRYPTION_KEY when it had one) must open to their digests: a wrong key stops here."""
+    sealed = [token for token in source.tokens if token.get("encryptedToken")]
+    if source.unsealer is None or not sealed:
+        return
+    for token in sealed:
+        with contextlib.suppress(SealError, ValueError):
+            raw = source.unsealer.open_foreign(base64.b64decode(token["encryptedToken"]))
+            if hashlib.sha256(raw).hexdigest() == token.get("tokenHash"):
+                return
+    raise RedbError("--reference-key opens none of the reference's tokens: it is not the "
+                    "ENCRYPTION_KEY the reference server ran with (or it ran without one)")
+
+
+def check_reference(source: ReferenceSource) -> dict:
+    """Everything that could stop the import, checked before anything is written: the key,
+    every name and token, every payload -> the payloads' (size, sha256)."""
+    check_reference_key(source)
+    for namespace in source.namespaces():
+        try:
+            check_namespace(namespace)
+        except BadName as error:
+            raise RedbError(f"namespace {namespace!r} cannot move: {error}") from None
+    for token in source.tokens:
+        reference_token_fields(token, source.devices)
+    return check_reference_payloads(source)
+
+
+def check_reference_payloads(source: ReferenceSource) -> dict:
+    """Open every payload once before anything is written -> (kind, namespace, path) ->
+    (size, sha256). A sealed payload without the key, or the wrong key, stops here."""
+    digests = {}
+    for kind, namespace, path, stored in source.payloads():
+        where = f"object {path!r} of namespace {namespace!r}" if path else \
+            f"snapshot of namespace {namespace!r}"
+        try:
+            if path:
+                check_object_path(path)
+        except BadName as error:
+            raise RedbError(f"the {where} cannot move: {error}") from None
+        data = source.open(stored, where)
+        digest = hashlib.sha256(data).hexdigest()
+        if kind == "blob":
+            if reference_metadata(source, namespace)[0] is None:
+                raise RedbError(f"the {where} has no metadata (no etag)")
+            expected = json.loads(source.metadata[namespace]).get("contentHash")
+            if expected not in (None, digest):
+                hint = "" if source.unsealer else ": the reference sealed its payloads; pass " \
+                    "--reference-key with the ENCRYPTION_KEY it ran with"
+                raise RedbError(f"the {where} does not match its contentHash{hint}")
+        elif f"ns:{namespace}/obj:{path}" not in source.object_meta:
+            raise RedbError(f"the {where} has no object_metadata record (no etag)")
+        digests[kind, namespace, path] = (len(data), digest)
+    return digests
+
+
+def reference_token_fields(token: dict, devices: list[dict]) -> dict:
+    """A reference token as oxsync's tokens row: same id, digest, pattern, rights and use;
+    the name tells which device records name it."""
+    what = f"token {token.get('name')!r} ({token.get('id')})"
+    try:
+        name = check_token_name(str(token.get("name") or token.get("id")))
+        pattern = check_pattern(str(token.get("namespacePattern")))
+        permissions = parse_permissions(",".join(token.get("permissions") or []))
+    except ValueError as error:
+        raise RedbError(f"{what} cannot move: {error}") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", str(token.get("tokenHash"))) or not token.get("id"):
+        raise RedbError(f"{what} has no SHA-256 tokenHash or no id")
+    attached = [d.get("name") for d in devices if d.get("tokenId") == token["id"]]
+    if attached:
+        label = f"{name} (device {', '.join(str(n) for n in attached)})"
+        name = label if len(label) <= 100 else label[:99] + "…"
+    counts = [token.get(c) for c in ("readCount", "writeCount")]
+    return {"id": str(token["id"]), "name": name, "token_hash": token["tokenHash"],
+            "namespace_pattern": pattern, "permissions": permissions,
+            "enabled": int(token.get("enabled", True) is not False),
+            "expires_at": reference_time(token.get("expiresAt")),
+            "created_at": reference_time(token.get("createdAt")) or time.time(),
+            "rotated_at": reference_time(token.get("rotatedAt")),
+            "use_count": sum(c for c in counts if isinstance(c, int)),
+            "last_used_at": reference_time(token.get("lastUsedAt")),
+            "last_namespace": text_or_none(token.get("lastNamespace")),
+            "last_ip": text_or_none(token.get("lastClientIp")),
+            "last_client_version": text_or_none(token.get("lastClientVersion"))}
+
+
+def reference_metadata(source: ReferenceSource, namespace: str) -> tuple[str | None, dict]:
+    """The metadata text GET metadata answered (None for an empty namespace) and its JSON."""
+    raw = source.metadata.get(namespace)
+    if raw is None:
+        return None, {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RedbError(f"the metadata of namespace {namespace!r} is not UTF-8") from None
+    metadata = reference_json(raw, f"the metadata of namespace {namespace!r}")
+    if not metadata.get("exists") or not isinstance(metadata.get("etag"), str):
+        return None, metadata
+    return text, metadata
+
+
+def write_reference_namespaces(tx: Records, source: ReferenceSource, now: float) -> None:
+    for namespace in source.namespaces():
+        text, metadata = reference_metadata(source, namespace)
+        times = [reference_time(metadata.get("uploadedAt"))] + [
+            reference_time(meta.get("updatedAt")) for key, meta in source.object_meta.items()
+            if key.startswith(f"ns:{namespace}/obj:")]
+        times = [moment for moment in times if moment is not None]
+        tx.import_namespace(namespace, text, metadata.get("etag") if text else None,
+                            min(times, default=now), max(times, default=None),
+                            source.deleted.get(namespace))
+        if text and metadata.get("format"):  # a manifest: the namespace's first version
+            tx.record_manifest(namespace, metadata, max(times, default=now), None)
+
+
+def write_reference_payloads(tx: Records, source: ReferenceSource, sealer: Sealer,
+                             digests: dict, now: float) -> None:
+    for kind, namespace, path, stored in source.payloads():
+        data = source.open(stored, f"{kind} of namespace {namespace!r}")
+        size, digest = digests[kind, namespace, path]
+        payload_id = tx.store_payload(*sealer.seal(data, payload_context(namespace, kind, path)))
+        if kind == "blob":
+            metadata = reference_metadata(source, namespace)[1]
+            sections = metadata.get("sectionRevisions")
+            tx.put_blob(namespace, reference_time(metadata.get("uploadedAt")) or now, payload_id,
+                        text_or_none(metadata.get("revision")),
+                        text_or_none(metadata.get("deviceId")),
+                        None if sections is None else json_body(sections).decode(),
+                        text_or_none(metadata.get("contentType")) or SNAPSHOT_TYPE, size, digest)
+        else:
+            meta = source.object_meta[f"ns:{namespace}/obj:{path}"]
+            tx.put_object(namespace, path, payload_id, size, str(meta.get("etag")), None,
+                          reference_time(meta.get("updatedAt")) or now)
+
+
+def write_reference_records(tx: Records, source: ReferenceSource) -> None:
+    """Tokens, conflicts (oldest first, so they list newest first as before) and devices."""
+    for token in source.tokens:
+        tx.import_token(**reference_token_fields(token, source.devices))
+    for conflict in sorted(source.conflicts, key=lambda c: str(c.get("occurredAt"))):
+        tx.import_conflict(
+            at=reference_time(conflict.get("occurredAt")) or time.time(),
+            namespace=str(conflict.get("namespace")), operation=str(conflict.get("operation")),
+            path=text_or_none(conflict.get("objectPath")),
+            device_id=text_or_none(conflict.get("deviceId")),
+            **{column: text_or_none(conflict.get(field)) for column, field in (
+                ("requested_etag", "requestedEtag"), ("requested_revision", "requestedRevision"),
+                ("remote_etag", "remoteEtag"), ("remote_revision", "remoteRevision"))})
+    if source.devices:  # every field the operator typed, kept beside the tokens' names
+        tx.set_setting("reference_devices", json_body(source.devices).decode())
+
+
+def import_reference(source: ReferenceSource, store: Store, sealer: Sealer,
+                     digests: dict) -> None:
+    """Everything in one transaction: an interrupted import leaves the store empty."""
+    now = time.time()
+    with store.write() as tx:
+        filled = [table for table in SYNC_DATA_TABLES if tx.row_count(table)]
+        if filled:
+            raise StoreError(f"{store.describe()} is not empty (it has {', '.join(filled)}); "
+                             "import-reference only fills an empty database")
+        stored_check = tx.setting("key_check")
+        if stored_check is not None and not (sealer.enabled and
+                                             key_opens_check(sealer, stored_check)):
+            raise StoreError(f"{store.describe()} was set up with another ENCRYPTION_KEY (key "
+                             f"id {tx.setting('key_id')}); import with that key")
+        if sealer.enabled and stored_check is None:
+            store_key_check(tx, sealer)
+        write_reference_namespaces(tx, source, now)
+        write_reference_payloads(tx, source, sealer, digests, now)
+        write_reference_records(tx, source)
+
+
+def verify_reference_import(source: ReferenceSource, store: Store, sealer: Sealer,
+                            digests: dict) -> None:
+    """Re-read what was written: every count, metadata text, payload digest and token."""
+    with store.read(snapshot=True) as tx:
+        counts = {table: tx.row_count(table) for table in ("namespaces", "tokens",
+                                                           "conflicts", "blobs", "objects")}
+        got = {}
+        for kind, namespace, path in digests:
+            row = tx.blob(namespace) if kind == "blob" else tx.object(namespace, path)
+            with contextlib.suppress(SealError, TypeError):  # TypeError: no such row
+                data = sealer.open(tx.read_payload(row["payload_id"]), row["key_id"],
+                                   payload_context(namespace, kind, path))
+                got[kind, namespace, path] = (len(data), hashlib.sha256(data).hexdigest())
+        metadata = {namespace: (row["metadata"], row["deleted_at"] is not None)
+                    for namespace in source.namespaces()
+                    for row in [tx.namespace(namespace)] if row}
+        tokens = {row["id"]: row["token_hash"] for row in tx.tokens()}
+    want = {"namespaces": len(source.namespaces()), "tokens": len(source.tokens),
+            "conflicts": len(source.conflicts),
+            "blobs": sum(1 for key in digests if key[0] == "blob"),
+            "objects": sum(1 for key in digests if key[0] == "object")}
+    problems = [f"{table}: {counts[table]} of {count}" for table, count in want.items()
+                if counts[table] != count]
+    problems += [f"{kind} {namespace} {path}".strip() for (kind, namespace, path), value
+                 in digests.items() if got.get((kind, namespace, path)) != value]
+    problems += [f"metadata of {namespace}" for namespace in source.namespaces()
+                 if metadata.get(namespace) != (reference_metadata(source, namespace)[0],
+                                                namespace in source.deleted)]
+    problems += [f"token {token['id']}" for token in source.tokens
+                 if tokens.get(str(token["id"])) != token["tokenHash"]]
+    if problems:
+        raise StoreError(f"the import into {store.describe()} does not match the reference "
+                         f"file: {'; '.join(problems[:5])}")
+
+
+def reference_summary(source: ReferenceSource, digests: dict) -> list[str]:
+    """What moves (or would move), and what cannot."""
+    sizes = collections.Counter()
+    for (kind, _, _), (size, _) in digests.items():
+        sizes[kind, "count"] += 1
+        sizes[kind, "bytes"] += size
+    deleted = ", ".join(sorted(source.deleted)) or "none"
+    lines = [f"namespaces: {len(source.namespaces())} (soft-deleted, answering 410 until "
+             f"restored: {deleted})",
+             f"snapshots: {sizes['blob', 'count']} ({sizes['blob', 'bytes']} bytes); objects: "
+             f"{sizes['object', 'count']} ({sizes['object', 'bytes']} bytes), each with its ETag",
+             f"tokens: {len(source.tokens)}, each keeping its secret, pattern and permissions "
+             f"({sum(1 for t in source.tokens if t.get('enabled') is False)} disabled)",
+             f"conflicts: {len(source.conflicts)}; device records: {len(source.devices)}"]
+    lines += [f"  device {d.get('name')!r} ({d.get('namespacePattern')}): token "
+              f"{d.get('tokenId') or 'none'}" for d in source.devices]
+    if source.redb.torn:
+        lines.append("note: the newest commit in the file was torn (the server stopped while "
+                     "writing it); the commit before it was read")
+    lines.append(f"not moved: {source.admin_users} admin user(s) (the reference's bcrypt "
+                 "passwords cannot become oxsync's scrypt): start oxsync with ADMIN_PASSWORD, "
+                 "or run: oxsync admin set-password")
+    lines.append(f"not moved: login throttling state ({source.login_addresses} address(es)); "
+                 "oxsync starts with none")
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # 9. CLI: serve, and the operator commands (safe while the server runs)
 # ---------------------------------------------------------------------------
 
@@ -6472,6 +7089,35 @@ def cmd_copy_store(args) -> int:
     return 0
 
 
+def cmd_import_reference(args) -> int:
+    settings = resolve_options(args, [*DB_OPTIONS, KEY_OPTION, REFERENCE_KEY_OPTION])
+    sealer = Sealer(settings["encryption_key"])
+    try:
+        source = ReferenceSource(args.source, settings["reference_key"])
+        try:
+            digests = check_reference(source)
+            if args.dry_run:
+                print("dry run, nothing written; this would move:")
+                print("\n".join(reference_summary(source, digests)))
+                return 0
+            store = PostgresStore(settings["database_url"]) if settings["database_url"] \
+                else SQLiteStore(settings["db_path"])
+            import_reference(source, store, sealer, digests)
+            if not sealer.enabled:
+                log.warning("ENCRYPTION_KEY is not set: the imported payloads are stored in "
+                            "plaintext")
+            verify_reference_import(source, store, sealer, digests)
+        finally:
+            source.redb.close()
+    except RedbError as error:
+        raise StoreError(f"{args.source}: {error}") from None
+    print(f"imported {args.source} into {store.describe()}:")
+    print("\n".join(reference_summary(source, digests)))
+    print("checked: every count, metadata, payload digest and token matches the reference "
+          "file; start oxsync on the reference server's address and devices sync as before")
+    return 0
+
+
 def cmd_admin_unlock(args) -> int:
     with cli_store(args).write() as tx:
         removed = tx.clear_login_failures(args.ip)
@@ -6522,6 +7168,9 @@ DB_OPTION, URL_OPTION, KEY_OPTION = STORE_OPTIONS
 DB_OPTIONS = [DB_OPTION, URL_OPTION]
 NEW_KEY_OPTION = Option("NEW_ENCRYPTION_KEY", "--new-key", parse_key, "",
                         "the key to re-seal every payload with (64 hex characters)")
+REFERENCE_KEY_OPTION = Option("REFERENCE_ENCRYPTION_KEY", "--reference-key", parse_key, "",
+                              "the reference server's ENCRYPTION_KEY, if it had one "
+                              "(64 hex characters)")
 TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION = (
     next(o for o in SERVER_OPTIONS if o.env == name)
     for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY"))
@@ -6666,6 +7315,13 @@ def add_maintenance_commands(commands) -> None:
                 cmd_copy_store).add_argument(
         "--to", required=True, metavar="URL_OR_FILE",
         help="a postgresql:// URL or a SQLite file path; it must be empty")
+    imports = add_command(commands, "import-reference", "move everything from the reference "
+                          "server's database file (redb) into an empty database, then check it",
+                          cmd_import_reference, (*DB_OPTIONS, KEY_OPTION, REFERENCE_KEY_OPTION))
+    imports.add_argument("--from", dest="source", required=True, metavar="FILE",
+                         help="the reference server's sync.db (a copy; it is only read)")
+    imports.add_argument("--dry-run", action="store_true",
+                         help="read and check everything, print what would move, write nothing")
     add_command(commands, "verify-backup", "check a backup's .sha256 and SQLite integrity",
                 cmd_verify_backup, ()).add_argument("file", help="backup file")
     restore = add_command(commands, "restore", "verify a backup, then copy it over the "
