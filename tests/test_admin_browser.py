@@ -82,8 +82,10 @@ def put_blob(port, namespace, token, data=b"snapshot-1", revision="r1", first=Tr
     return sync(port, "PUT", namespace, "blob", token, data, headers)
 
 
-def put_manifest(port, namespace, token, revision, connections, device="laptop-1"):
-    """A structured-v2 upload: the connections object first, then the manifest."""
+def put_manifest(port, namespace, token, revision, connections, device="laptop-1",
+                 revisions: dict | None = None):
+    """A structured-v2 upload: the connections object first, then the manifest.
+    revisions: more sectionRevisions (appSettings and pluginSettings ones are maps)."""
     path = f"structured/connections/{revision}.json"
     document = json.dumps({"kind": "connections", "records": [{"id": i} for i in
                                                               range(connections)]}).encode()
@@ -96,7 +98,8 @@ def put_manifest(port, namespace, token, revision, connections, device="laptop-1
                 "sections": {"connections": {"revision": revision, "path": path,
                                              "recordCount": connections,
                                              "contentType": "application/json"}},
-                "sectionRevisions": {"connections": revision, "quickCommands": None}}
+                "sectionRevisions": {"connections": revision, "quickCommands": None,
+                                     **(revisions or {})}}
     status, body, _ = sync(port, "PUT", namespace, "metadata", token,
                            json.dumps(manifest).encode(), {"Content-Type": "application/json"})
     assert status == 200, (status, body)
@@ -670,6 +673,33 @@ def test_history_timeline_and_rollback(ui):
     assert metadata(port, NS, token)["revision"] == "rev-1"
 
 
+def test_nested_section_revisions_are_shown_key_by_key(ui):
+    """appSettings and pluginSettings revisions are maps: the history once printed
+    "appSettings revision [object Object] → [object Object]"."""
+    view = ui()
+    port = view.server.port
+    token = view.server.create_token()
+    put_manifest(port, NS, token, "rev-1", connections=3, revisions={
+        "appSettings": {"general": "g1", "terminal": "t1"},
+        "pluginSettings": {"com.example.git": {"ui": "p1", "keys": "k1"}}})
+    put_manifest(port, NS, token, "rev-2", connections=3, revisions={
+        "appSettings": {"general": "g2", "terminal": "t1", "editor": "e1"},
+        "pluginSettings": {"com.example.git": {"ui": "p2", "keys": "k1"}}})
+    view.open().login().tab("namespaces")
+    view.row("namespaces", namespace=NS).locator("button[data-action='history']").click()
+    newest = view.page.locator("#history-list li.version").first
+    expect(newest).to_contain_text("#2")
+    changes = newest.locator("ul.changes")
+    app = changes.locator("> li", has_text="appSettings")
+    expect(app.locator(".revision-keys > li")).to_have_text(["editor — → e1", "general g1 → g2"])
+    plugin = changes.locator("> li", has_text="pluginSettings")
+    expect(plugin.locator(".revision-keys > li")).to_have_text(["com.example.git.ui p1 → p2"])
+    expect(changes).to_contain_text("connections revision rev-1 → rev-2")
+    assert "terminal" not in newest.inner_text()  # unchanged keys are left out
+    history = view.page.locator("#history-panel").inner_text()
+    assert "[object" not in history, history
+
+
 def test_kept_snapshot_can_be_restored(ui):
     """Legacy blob sync: the history lists kept snapshots (blobVersions) with a restore."""
     view = ui()
@@ -1236,6 +1266,7 @@ def test_every_tab_fits_and_is_screenshotted(ui, device):
     expect(page.locator("#confirm-dialog")).to_be_visible()
     check("confirm-dialog", full_page=False)
     page.click("#confirm-cancel")
+    page.click("#history-close")  # the history is a dialog over the list
 
     view.tab("tokens")
     page.fill("#token-name", "new laptop")
