@@ -696,19 +696,95 @@ MIGRATIONS = [
         expires_at REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE namespaces ADD COLUMN blob_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN object_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN object_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN history_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN history_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN version_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE namespaces SET
+        blob_bytes = coalesce((SELECT size FROM blobs b WHERE b.namespace = namespaces.name), 0),
+        object_count = (SELECT count(*) FROM objects o WHERE o.namespace = namespaces.name),
+        object_bytes = coalesce((SELECT sum(size) FROM objects o
+                                 WHERE o.namespace = namespaces.name), 0),
+        history_count = (SELECT count(*) FROM blob_versions v
+                         WHERE v.namespace = namespaces.name),
+        history_bytes = coalesce((SELECT sum(size) FROM blob_versions v
+                                  WHERE v.namespace = namespaces.name), 0),
+        version_count = (SELECT count(*) FROM manifests m WHERE m.namespace = namespaces.name);
+    CREATE TABLE devices (          -- each device as its sync requests show it
+        namespace TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        token_id TEXT,              -- NULL: never seen with a valid token
+        first_seen_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        client_version TEXT,
+        last_ip TEXT,
+        last_result TEXT NOT NULL,  -- ok, conflict, refused, too_large, deleted, error, ...
+        last_status INTEGER NOT NULL,
+        last_code TEXT,
+        last_message TEXT,
+        last_result_at REAL NOT NULL,
+        PRIMARY KEY (namespace, device_id)
+    );
+    CREATE INDEX devices_by_last_seen ON devices (last_seen_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
 TABLES = {"settings": "key", "namespaces": "name", "payloads": "id", "blobs": "namespace",
           "blob_versions": "namespace, seq", "objects": "namespace, path",
           "manifests": "namespace, seq", "tokens": "id", "conflicts": "id",
-          "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id"}
+          "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id",
+          "devices": "namespace, device_id"}
 PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
 BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
 BLOB_UPSERT = "ON CONFLICT (namespace) DO UPDATE SET " + ", ".join(
     f"{column} = excluded.{column}" for column in ["updated_at"] + BLOB_COLUMNS.split(", "))
 KEEP_MANIFESTS = 32
+# Kept in the namespaces table by every write (Records.add_to_counters, count_snapshots).
+NAMESPACE_COUNTERS = ("blob_bytes", "object_count", "object_bytes", "history_count",
+                      "history_bytes", "version_count")
+NAMESPACE_COLUMNS = ("n.*, EXISTS (SELECT 1 FROM blobs b WHERE b.namespace = n.name) "
+                     "AS has_blob")
 KEEP_CONFLICTS = 10000
+
+# Listings (admin API, CLI): each sort names the keys rows are ordered by, the last one
+# unique, so a page can start right after the last row shown (keyset paging, no OFFSET).
+NAMESPACE_SORTS = {"name": ("n.name",),
+                   "size": ("n.blob_bytes + n.object_bytes + n.history_bytes", "n.name"),
+                   "lastWrite": ("coalesce(n.updated_at, 0)", "n.name"),
+                   "versions": ("n.version_count", "n.name")}
+TOKEN_SORTS = {"name": ("t.name", "t.id"), "created": ("t.created_at", "t.id"),
+               "lastUsed": ("coalesce(t.last_used_at, 0)", "t.id")}
+DEVICE_SORTS = {"lastSeen": ("d.last_seen_at", "d.namespace", "d.device_id"),
+                "namespace": ("d.namespace", "d.device_id"),
+                "device": ("d.device_id", "d.namespace")}
+
+
+class Listing:
+    """One page asked of a listing: search text, filters, sort, direction, the sort keys of
+    the last row already shown (None: the first page) and the page size (None: all)."""
+
+    def __init__(self, sort: str, descending: bool = False, search: str | None = None,
+                 filters: dict | None = None, after: list | None = None,
+                 limit: int | None = None):
+        self.sort, self.descending, self.search = sort, descending, search
+        self.filters, self.after, self.limit = filters or {}, after, limit
+
+    def like(self) -> str:
+        """The search as a LIKE pattern (matched against lower-cased text)."""
+        escaped = re.sub(r"([!%_])", r"!\1", self.search.lower())
+        return f"%{escaped}%"
+
+
+class Page:
+    """A page of rows, with how many rows there are in all and how many match."""
+
+    def __init__(self, rows: list, keys: list, total: int, matched: int, more: bool):
+        self.rows, self.keys, self.total, self.matched, self.more = \
+            rows, keys, total, matched, more
 
 
 class StoreError(Exception):
@@ -797,20 +873,25 @@ class Records:
     def namespace_views(self, name: str | None = None) -> list[dict]:
         """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
         where, params = ("WHERE n.name = ?", (name,)) if name is not None else ("", ())
-        rows = self.all(
-            "SELECT n.*, coalesce(b.size, 0) AS blob_bytes, "
-            "CASE WHEN b.namespace IS NULL THEN 0 ELSE 1 END AS has_blob, "
-            "(SELECT count(*) FROM objects o WHERE o.namespace = n.name) AS object_count, "
-            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM objects o "
-            "WHERE o.namespace = n.name) "
-            "AS object_bytes, (SELECT count(*) FROM blob_versions v "
-            "WHERE v.namespace = n.name) AS history_count, "
-            "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions v "
-            "WHERE v.namespace = n.name) AS history_bytes, "
-            "(SELECT count(*) FROM manifests m WHERE m.namespace = n.name) AS version_count "
-            f"FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name {where} "
-            "ORDER BY n.name", params)
+        rows = self.all(f"SELECT {NAMESPACE_COLUMNS} FROM namespaces n {where} ORDER BY n.name",
+                        params)
         return [namespace_view(row) for row in rows]
+
+    def add_to_counters(self, namespace: str, **deltas: int) -> None:
+        """Keep the namespace's NAMESPACE_COUNTERS in step with its rows, in the same
+        transaction as the write: listings sort by size without adding up every object."""
+        if set(deltas) - set(NAMESPACE_COUNTERS):
+            raise ValueError(f"no namespace counters {sorted(deltas)}")
+        self.run(f"UPDATE namespaces SET {', '.join(f'{c} = {c} + ?' for c in deltas)} "
+                 "WHERE name = ?", (*deltas.values(), namespace))
+
+    def count_snapshots(self, namespace: str) -> None:
+        """The snapshot counters, recounted: a namespace keeps at most BLOB_HISTORY + 1."""
+        self.run("UPDATE namespaces SET blob_bytes = coalesce((SELECT size FROM blobs "
+                 "WHERE namespace = ?), 0), history_count = (SELECT count(*) FROM "
+                 "blob_versions WHERE namespace = ?), history_bytes = coalesce((SELECT "
+                 "sum(size) FROM blob_versions WHERE namespace = ?), 0) WHERE name = ?",
+                 (namespace,) * 4)
 
     def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
         """Soft delete or restore -> False when there is no such namespace."""
@@ -833,7 +914,8 @@ class Records:
             self.drop_payloads(row[0] for row in owned)
         for table, column in (("objects", "namespace"), ("blobs", "namespace"),
                               ("blob_versions", "namespace"), ("manifests", "namespace"),
-                              ("conflicts", "namespace"), ("namespaces", "name")):
+                              ("conflicts", "namespace"), ("devices", "namespace"),
+                              ("namespaces", "name")):
             self.run(f"DELETE FROM {table} WHERE {column} = ?", (name,))
         return sum(row[1] for row in owned)
 
@@ -875,6 +957,7 @@ class Records:
                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {BLOB_UPSERT}",
                  (namespace, now, payload_id, revision, device_id, section_revisions,
                   content_type, size, digest))
+        self.count_snapshots(namespace)
 
     def keep_blob_version(self, namespace: str, keep: int) -> None:
         """Move the current snapshot into blob_versions (its payload stays where it is), or
@@ -906,6 +989,7 @@ class Records:
                  f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
                  f"WHERE namespace = ? AND seq = ? {BLOB_UPSERT}", (now, namespace, seq))
         self.run("DELETE FROM blob_versions WHERE namespace = ? AND seq = ?", (namespace, seq))
+        self.count_snapshots(namespace)
 
     def object(self, namespace: str, path: str):
         return self.one("SELECT o.payload_id, p.key_id, o.etag, o.content_type, o.updated_at "
@@ -914,12 +998,19 @@ class Records:
 
     def put_object(self, namespace: str, path: str, payload_id: int, size: int, etag: str,
                    content_type: str | None, now: float) -> None:
+        self.count_object_write(namespace, path, size)
         self.run("INSERT INTO objects (namespace, path, payload_id, size, etag, content_type, "
                  "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, path) "
                  "DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size, "
                  "etag = excluded.etag, content_type = excluded.content_type, "
                  "updated_at = excluded.updated_at",
                  (namespace, path, payload_id, size, etag, content_type, now))
+
+    def count_object_write(self, namespace: str, path: str, size: int) -> None:
+        was = self.value("SELECT size FROM objects WHERE namespace = ? AND path = ?",
+                         (namespace, path))
+        self.add_to_counters(namespace, object_count=int(was is None),
+                             object_bytes=size - (was or 0))
 
     def missing_objects(self, namespace: str, paths: set[str]) -> list[str]:
         stored = {row[0] for row in self.all("SELECT path FROM objects WHERE namespace = ?",
@@ -938,6 +1029,7 @@ class Records:
                  (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
                   text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
                   token_id, rollback_of, json_body(metadata).decode()))
+        self.add_to_counters(namespace, version_count=1)
         return seq
 
     def manifests(self, namespace: str, limit: int) -> list:
@@ -973,6 +1065,8 @@ class Records:
         self.many("DELETE FROM objects WHERE namespace = ? AND path = ?",
                   ((namespace, row["path"]) for row in doomed))
         self.drop_payloads(row["payload_id"] for row in doomed)
+        self.add_to_counters(namespace, object_count=-len(doomed), object_bytes=-sum(
+            row["size"] for row in doomed), version_count=-manifests_removed)
         return {"objectsRemoved": len(doomed),
                 "bytesReclaimed": sum(row["size"] for row in doomed),
                 "manifestsRemoved": manifests_removed}
@@ -1124,6 +1218,57 @@ class Records:
     def locked_addresses(self, now: float) -> list:
         return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
                         (now,))
+
+    # -- listings: one page of namespaces, tokens or devices ---------------------
+
+    def page(self, columns: str, source: str, keys: tuple, conditions: list,
+             listing: Listing) -> Page:
+        """Rows matching every (SQL, params) condition, ordered by `keys`, after the row
+        whose keys are `listing.after`, at most `listing.limit` of them."""
+        where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        params = [value for _, values in conditions for value in values]
+        total = self.value(f"SELECT count(*) FROM {source}")
+        matched = self.value(f"SELECT count(*) FROM {source} WHERE {where}", params) \
+            if conditions else total
+        if listing.after is not None:
+            where += f" AND ({', '.join(keys)}) {'<' if listing.descending else '>'} " \
+                     f"({', '.join('?' for _ in keys)})"
+            params += listing.after
+        direction = " DESC" if listing.descending else ""
+        sql = (f"SELECT {columns}, {', '.join(f'{k} AS key{i}' for i, k in enumerate(keys))} "
+               f"FROM {source} WHERE {where} ORDER BY "
+               f"{', '.join(key + direction for key in keys)}")
+        if listing.limit is not None:
+            sql += " LIMIT ?"
+            params.append(listing.limit + 1)
+        rows = self.all(sql, params)
+        more = listing.limit is not None and len(rows) > listing.limit
+        rows = rows[:listing.limit] if more else rows
+        last = [rows[-1][f"key{i}"] for i in range(len(keys))] if rows else None
+        return Page(rows, last, total, matched, more)
+
+    def search_condition(self, listing: Listing, *columns: str) -> list:
+        """Case-insensitive substring search over some columns, as a page condition."""
+        if not listing.search:
+            return []
+        matches = " OR ".join(f"lower({column}) LIKE ? ESCAPE '!'" for column in columns)
+        return [(f"({matches})", (listing.like(),) * len(columns))]
+
+    def namespace_page(self, listing: Listing) -> Page:
+        return self.page(NAMESPACE_COLUMNS, "namespaces n", NAMESPACE_SORTS[listing.sort],
+                         self.search_condition(listing, "n.name"), listing)
+
+    def token_page(self, listing: Listing, now: float) -> Page:
+        conditions = self.search_condition(listing, "t.name", "t.namespace_pattern", "t.id")
+        status = listing.filters.get("status")
+        if status == "enabled":
+            conditions.append(("t.enabled = 1 AND (t.expires_at IS NULL OR t.expires_at > ?)",
+                               (now,)))
+        elif status == "disabled":
+            conditions.append(("t.enabled = 0", ()))
+        elif status == "expired":
+            conditions.append(("t.expires_at <= ?", (now,)))
+        return self.page("t.*", "tokens t", TOKEN_SORTS[listing.sort], conditions, listing)
 
     # -- figures and whole tables ----------------------------------------------
 
@@ -4242,6 +4387,100 @@ def admin_delete_user(request, name):
     return json_response({"ok": True})
 
 
+# -- listings: search, sort and keyset pages (namespaces, tokens, devices) ------
+
+LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEARCH = 100, 500, 200
+NEWEST_FIRST = {"size", "lastWrite", "versions", "lastUsed", "lastSeen"}  # default desc
+
+
+def one_of(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def list_parameter(query: dict, name: str, check, default=None):
+    """A query parameter checked by `check` (ValueError: 400 that names it)."""
+    if name not in query:
+        return default
+    try:
+        return check(query[name])
+    except (ValueError, BadName) as error:
+        raise HTTPError(400, f"{name}={query[name][:100]!r}: {error}") from None
+
+
+def page_size(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+        raise ValueError(f"must be a whole number from 1 to {MAX_LIST_LIMIT}")
+    return int(value)
+
+
+def search_text(value: str) -> str | None:
+    if len(value) > MAX_SEARCH or not value.isprintable():
+        raise ValueError(f"must be at most {MAX_SEARCH} printable characters")
+    return value.strip() or None
+
+
+def list_request(request, sorts: dict, default_sort: str, **filters) -> Listing:
+    """The listing a query string asks for: q, sort, order, limit, cursor and the
+    listing's own `filters` (name -> check); anything else is a 400."""
+    query = request.query()
+    unknown = sorted(set(query) - {"q", "sort", "order", "limit", "cursor", *filters})
+    if unknown:
+        raise HTTPError(400, f"unknown parameter {unknown[0][:100]!r}; this listing takes q, "
+                             f"sort, order, limit, cursor{''.join(', ' + f for f in filters)}")
+    sort = list_parameter(query, "sort", one_of(*sorts), default_sort)
+    order = list_parameter(query, "order", one_of("asc", "desc"),
+                           "desc" if sort in NEWEST_FIRST else "asc")
+    listing = Listing(sort, order == "desc", list_parameter(query, "q", search_text),
+                      {name: list_parameter(query, name, check)
+                       for name, check in filters.items() if name in query},
+                      limit=list_parameter(query, "limit", page_size, LIST_LIMIT))
+    if "cursor" in query:
+        listing.after = open_cursor(request, query["cursor"], listing, len(sorts[sort]))
+    return listing
+
+
+def cursor_mac(request, listing: Listing, keys: bytes) -> bytes:
+    """Binds a cursor to its listing and query, so an altered one is refused."""
+    query = json_body([request.path.split("?")[0], listing.sort, listing.descending,
+                       listing.search, listing.filters])
+    return hmac.new(request.app.jwt_secret, b"list cursor\0" + query + b"\0" + keys,
+                    hashlib.sha256).digest()[:16]
+
+
+def make_cursor(request, listing: Listing, page: Page) -> str | None:
+    """The opaque cursor of the page after this one; None on the last page."""
+    if not page.more:
+        return None
+    keys = json_body(page.keys)
+    return f"{b64url(keys)}.{b64url(cursor_mac(request, listing, keys))}"
+
+
+def open_cursor(request, cursor: str, listing: Listing, key_count: int) -> list:
+    refused = HTTPError(400, "cursor is not one this listing gave out for these q, sort, "
+                             "order and filters (or the server restarted without "
+                             "ADMIN_JWT_SECRET); start again without a cursor")
+    try:
+        encoded_keys, _, mac = cursor.partition(".")
+        keys = b64url_decode(encoded_keys)
+        if not hmac.compare_digest(b64url_decode(mac), cursor_mac(request, listing, keys)):
+            raise refused
+        after = json.loads(keys)
+    except (ValueError, TypeError):
+        raise refused from None
+    if not isinstance(after, list) or len(after) != key_count:
+        raise refused
+    return after
+
+
+def list_answer(request, name: str, listing: Listing, page: Page, items: list) -> Response:
+    return json_response({name: items, "total": page.total, "matched": page.matched,
+                          "nextCursor": make_cursor(request, listing, page)})
+
+
 # -- tokens --------------------------------------------------------------------
 
 def existing_token(tx: Records, token_id: str):
@@ -4261,11 +4500,14 @@ def expiry_field(body: dict) -> float | None:
 
 @route("GET", "/admin/api/tokens")
 def admin_tokens(request):
+    """A page of tokens: q (name, namespace pattern or id), status, sort, order, limit."""
     admin_session(request)
+    listing = list_request(request, TOKEN_SORTS, "created",
+                           status=one_of("enabled", "disabled", "expired"))
     request.app.usage.flush(request.app.store)  # show use up to this moment
-    with request.app.store.read() as tx:
-        rows = tx.tokens()
-    return json_response({"tokens": [token_view(row) for row in rows]})
+    with request.app.store.read(snapshot=True) as tx:
+        page = tx.token_page(listing, time.time())
+    return list_answer(request, "tokens", listing, page, [token_view(row) for row in page.rows])
 
 
 @route("POST", "/admin/api/tokens")
@@ -4349,9 +4591,13 @@ def existing_namespace(tx: Records, name: str) -> dict:
 
 @route("GET", "/admin/api/namespaces")
 def admin_namespaces(request):
+    """A page of namespaces: q (part of the name), sort, order, limit, cursor."""
     admin_session(request)
-    with request.app.store.read() as tx:
-        return json_response({"namespaces": tx.namespace_views()})
+    listing = list_request(request, NAMESPACE_SORTS, "name")
+    with request.app.store.read(snapshot=True) as tx:
+        page = tx.namespace_page(listing)
+    return list_answer(request, "namespaces", listing, page,
+                       [namespace_view(row) for row in page.rows])
 
 
 @route("POST", "/admin/api/namespaces")
@@ -4533,6 +4779,35 @@ def api_path_param(name: str, description: str) -> dict:
             "schema": {"type": "string", "minLength": 1}}
 
 
+def api_list_params(sorts: dict, searched: str, **filters: dict) -> list[dict]:
+    """The query parameters of a listing (see list_request), and its own filters."""
+    def param(name, description, schema):
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": schema}
+    newest = [sort for sort in sorts if sort in NEWEST_FIRST]
+    return [param("q", f"case-insensitive substring of {searched}",
+                  {"type": "string", "maxLength": MAX_SEARCH}),
+            param("sort", "order of the rows" + (f"; {', '.join(newest)} default to desc"
+                                                 if newest else ""),
+                  {"type": "string", "enum": list(sorts)}),
+            param("order", "asc or desc", {"type": "string", "enum": ["asc", "desc"]}),
+            param("limit", f"rows per page (default {LIST_LIMIT})",
+                  {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
+            param("cursor", "nextCursor of the page before, with the same q, sort, order "
+                            "and filters", {"type": "string"}),
+            *(param(name, schema.pop("description"), schema)
+              for name, schema in filters.items())]
+
+
+def api_list_answer(name: str) -> dict:
+    return {"type": "object", "required": [name, "total", "matched", "nextCursor"],
+            "properties": {name: {"type": "array", "items": API_OBJECT},
+                           "total": {"type": "integer", "description": "rows in all"},
+                           "matched": {"type": "integer", "description": "rows matching"},
+                           "nextCursor": {"type": ["string", "null"],
+                                          "description": "null on the last page"}}}
+
+
 API_NS = api_path_param("ns", "namespace, percent-encoded as one segment (team%2Fdefault)")
 API_OBJECT = {"type": "object"}
 
@@ -4584,10 +4859,14 @@ def sync_api_paths() -> dict:
 
 
 def admin_api_paths() -> dict:
-    def admin(summary, answer="done", status="200", body=None, schema=None):
+    def admin(summary, answer="done", status="200", body=None, schema=None, params=()):
         return api_operation(summary, {status: api_answer(answer, schema or (
             api_ref("Ok") if answer == "done" else API_OBJECT))}, body=body,
-            security=[{"session": [], "csrf": []}], tag="admin")
+            security=[{"session": [], "csrf": []}], tag="admin", params=params)
+
+    def listing(summary, name, sorts, searched, **filters):
+        return admin(summary, name, schema=api_list_answer(name),
+                     params=api_list_params(sorts, searched, **filters))
 
     token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
     version = api_path_param("seq", "version number (see the history)")
@@ -4613,7 +4892,8 @@ def admin_api_paths() -> dict:
             "parameters": [username],
             "patch": admin("enable, disable or reset password", "user", body=API_OBJECT),
             "delete": admin("delete an admin user")},
-        "/admin/api/namespaces": {"get": admin("namespaces with sizes", "namespaces"),
+        "/admin/api/namespaces": {"get": listing("a page of namespaces with sizes",
+                                                 "namespaces", NAMESPACE_SORTS, "the name"),
                                   "post": admin("create a namespace", "created", "201",
                                                 API_OBJECT)},
         "/admin/api/namespaces/{ns}": {
@@ -4627,7 +4907,11 @@ def admin_api_paths() -> dict:
             "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
             "make an earlier version current", "rolled back", body=API_OBJECT)},
-        "/admin/api/tokens": {"get": admin("tokens (never secrets)", "tokens"),
+        "/admin/api/tokens": {"get": listing(
+                                  "a page of tokens (never secrets)", "tokens", TOKEN_SORTS,
+                                  "the name, namespace pattern or id", status={
+                                      "type": "string", "description": "usable, disabled or "
+                                      "expired", "enum": ["enabled", "disabled", "expired"]}),
                               "post": admin("create a token; the secret is in this answer only",
                                             "created", "201", API_OBJECT)},
         "/admin/api/tokens/{id}": {
@@ -5010,9 +5294,32 @@ def cmd_token_create(args) -> int:
     return 0
 
 
+def cli_listing(args, sorts: dict, default_sort: str, **filters) -> Listing:
+    """The listing `--search`, `--sort` and `--limit` ask for (all rows without --limit)."""
+    try:
+        search = search_text(args.search or "")
+    except ValueError as error:
+        raise ConfigError(f"--search: {error}") from None
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    return Listing(args.sort or default_sort, (args.sort or default_sort) in NEWEST_FIRST,
+                   search, {k: v for k, v in filters.items() if v is not None},
+                   limit=args.limit)
+
+
+def list_rows(page: Page, what: str) -> None:
+    """Say on stderr when --search or --limit left rows out."""
+    if len(page.rows) < page.total:
+        matching = f", {page.matched} matching" if page.matched != page.total else ""
+        print(f"{len(page.rows)} of {page.total} {what}{matching}", file=sys.stderr)
+
+
 def cmd_token_list(args) -> int:
+    listing = cli_listing(args, TOKEN_SORTS, "created", status=args.status)
     with cli_store(args).read() as tx:
-        tokens = [token_view(row) for row in tx.tokens()]
+        page = tx.token_page(listing, time.time())
+    list_rows(page, "tokens")
+    tokens = [token_view(row) for row in page.rows]
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
@@ -5046,8 +5353,11 @@ def cmd_token_change(args) -> int:
 
 
 def cmd_namespace_list(args) -> int:
+    listing = cli_listing(args, NAMESPACE_SORTS, "name")
     with cli_store(args).read() as tx:
-        views = tx.namespace_views()
+        page = tx.namespace_page(listing)
+    list_rows(page, "namespaces")
+    views = [namespace_view(row) for row in page.rows]
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -5329,6 +5639,19 @@ def add_group(commands, name: str, help_text: str):
     return group.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
+def add_list_command(actions, help_text: str, run, sorts: dict, searched: str):
+    """A `list` action with --search, --sort, --limit and --json."""
+    listing = add_command(actions, "list", help_text, run)
+    listing.add_argument("--search", metavar="TEXT",
+                         help=f"only {searched} TEXT (any case)")
+    newest = [sort for sort in sorts if sort in NEWEST_FIRST]
+    listing.add_argument("--sort", choices=list(sorts), help="order of the rows" + (
+        f" ({', '.join(newest)}: largest or newest first)" if newest else ""))
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N rows (default: all)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    return listing
+
+
 def add_token_commands(commands) -> None:
     actions = add_group(commands, "token", "create and manage API tokens")
     create = add_command(actions, "create", "create a token; prints the secret once on stdout",
@@ -5341,8 +5664,10 @@ def add_token_commands(commands) -> None:
     create.add_argument("--expires-at", metavar="RFC3339",
                         help="expiry such as 2027-06-30T00:00:00Z (default: "
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
-    add_command(actions, "list", "list tokens and their use", cmd_token_list).add_argument(
-        "--json", action="store_true", help="print JSON")
+    listing = add_list_command(actions, "list tokens and their use", cmd_token_list,
+                               TOKEN_SORTS, "tokens whose name, namespace pattern or id contains")
+    listing.add_argument("--status", choices=("enabled", "disabled", "expired"),
+                         help="only tokens that are usable, disabled, or expired")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
                          ("rotate", "give a token a new secret; the old one stops working"),
                          ("delete", "delete a token")):
@@ -5352,9 +5677,8 @@ def add_token_commands(commands) -> None:
 
 def add_namespace_commands(commands) -> None:
     actions = add_group(commands, "namespace", "list and manage namespaces")
-    add_command(actions, "list", "list namespaces with sizes and last sync",
-                cmd_namespace_list).add_argument("--json", action="store_true",
-                                                 help="print JSON")
+    add_list_command(actions, "list namespaces with sizes and last sync", cmd_namespace_list,
+                     NAMESPACE_SORTS, "namespaces whose name contains")
     for action, text in (("create", "create an empty namespace"),
                          ("delete", "soft-delete: sync answers 410, data is kept"),
                          ("restore", "undo a soft delete"),

@@ -350,6 +350,78 @@ def db_change(server, sql: str, params=()) -> int:
         return db.execute(sql.replace("?", mark), params).rowcount
 
 
+# -- seeding a store with thousands of rows, fast (behind the server's back) -----------
+
+def insert_rows(server, sql: str, rows: list) -> None:
+    """Many rows in one transaction on the server's store ('?' placeholders on either)."""
+    with store_connection(server) as (db, mark):
+        with contextlib.nullcontext() if server.store_kind == "sqlite" else db.transaction():
+            db.cursor().executemany(sql.replace("?", mark), rows)
+
+
+def seed_namespaces(server, count: int, *, prefix: str = "seed", size=None,
+                    now: float | None = None) -> list[str]:
+    """`count` namespaces named f"{prefix}-{i:05d}" written straight into the store in one
+    transaction: rows only (metadata, last write, and the size and version counters the
+    listings sort by), no payloads, manifests or objects, so their history is empty; use
+    the sync API for a namespace whose history a test opens. size(i) -> its snapshot bytes
+    (default: a spread with ties); namespace i was last written i minutes before `now`,
+    and has i % 40 versions. -> the names, in order of i."""
+    now = time.time() if now is None else now
+    size = size or (lambda i: (i * 7919) % 37 * 100)
+    names, rows = [], []
+    for i in range(count):
+        name, etag = f"{prefix}-{i:05d}", uuid.uuid4().hex
+        metadata = {"exists": True, "format": "structured-v2", "revision": f"rev-{i}",
+                    "deviceId": f"device-{i % 97}", "etag": etag, "contentLength": size(i)}
+        names.append(name)
+        rows.append((name, json.dumps(metadata), etag, now - 86400 - i * 60, now - i * 60,
+                     size(i), i % 40))
+    insert_rows(server, "INSERT INTO namespaces (name, metadata, etag, created_at, updated_at, "
+                "blob_bytes, version_count) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return names
+
+
+def seed_tokens(server, count: int, *, prefix: str = "seed-token",
+                namespace: str = "seed-*", now: float | None = None) -> list[str]:
+    """`count` tokens f"{prefix}-{i:05d}" (ids f"{prefix}{i:05d}"), written straight into
+    the store; every 10th disabled, every 7th expired; their secrets are random and unknown.
+    -> their ids, in order of i."""
+    now = time.time() if now is None else now
+    rows = [(f"{prefix}{i:05d}", f"{prefix}-{i:05d}", uuid.uuid4().hex + uuid.uuid4().hex,
+             namespace, "read,write", int(i % 10 != 9),
+             now - 3600 if i % 7 == 6 else None, now - 86400 + i, i,
+             now - i * 30 if i % 3 else None) for i in range(count)]
+    insert_rows(server, "INSERT INTO tokens (id, name, token_hash, namespace_pattern, "
+                "permissions, enabled, expires_at, created_at, use_count, last_used_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return [row[0] for row in rows]
+
+
+DEVICE_RESULTS = (("ok", 200, None), ("conflict", 412, "etag_conflict_detected"),
+                  ("refused", 401, "unauthorized"), ("too_large", 413, "payload_too_large"))
+
+
+def seed_devices(server, count: int, namespaces: list[str], *, token_id: str | None = None,
+                 now: float | None = None) -> list[tuple[str, str]]:
+    """`count` devices f"laptop-{i:05d}" spread over `namespaces`, written straight into
+    the store: device i was last seen i minutes before `now` (so the oldest are stale
+    after 7 days: i >= 10080), its last result cycles through DEVICE_RESULTS.
+    -> (namespace, device id) of each, in order of i."""
+    now = time.time() if now is None else now
+    rows = []
+    for i in range(count):
+        result, status, code = DEVICE_RESULTS[i % len(DEVICE_RESULTS)]
+        seen = now - i * 60
+        rows.append((namespaces[i % len(namespaces)], f"laptop-{i:05d}", token_id,
+                     seen - 86400, seen, f"1.{i % 5}.0", f"192.0.2.{i % 250}", result, status,
+                     code, seen))
+    insert_rows(server, "INSERT INTO devices (namespace, device_id, token_id, first_seen_at, "
+                "last_seen_at, client_version, last_ip, last_result, last_status, last_code, "
+                "last_result_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return [(row[0], row[1]) for row in rows]
+
+
 @contextlib.contextmanager
 def running_server(directory: Path, env: dict | None = None, args: tuple = (),
                    token: bool = True, store_kind: str = "sqlite",

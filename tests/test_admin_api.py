@@ -21,6 +21,7 @@ import statistics
 import time
 import uuid
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import conftest
 import pytest
@@ -81,12 +82,12 @@ class AdminClient(conftest.AdminClient):
         return name
 
     def namespace(self, name: str) -> dict | None:
-        answer = self.get("/admin/api/namespaces")
+        answer = self.get(f"/admin/api/namespaces?q={quote(name, safe='')}&limit=500")
         assert answer.status == 200, answer
         return next((n for n in answer.json["namespaces"] if n["name"] == name), None)
 
     def token(self, token_id: str) -> dict | None:
-        answer = self.get("/admin/api/tokens")
+        answer = self.get(f"/admin/api/tokens?q={token_id}&limit=500")
         assert answer.status == 200, answer
         return next((t for t in answer.json["tokens"] if t["id"] == token_id), None)
 
