@@ -1145,6 +1145,45 @@ class Records:
                   "last_client_version = coalesce(?, last_client_version) WHERE id = ?",
                   ((*values, token_id) for token_id, values in uses.items()))
 
+    # -- devices, as their sync requests show them ------------------------------
+
+    def record_devices(self, seen: dict[tuple, list]) -> None:
+        """seen: (namespace, device id) -> DeviceLog's fields. A device refused with an
+        unknown token (token id None) is kept only when its namespace exists; its last
+        result's time stays while the result does not change."""
+        self.many(
+            "INSERT INTO devices (namespace, device_id, first_seen_at, token_id, "
+            "last_seen_at, client_version, last_ip, last_result, last_status, last_code, "
+            "last_message, last_result_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE CAST(? AS TEXT) IS NOT NULL OR EXISTS (SELECT 1 FROM namespaces "
+            "WHERE name = ?) ON CONFLICT (namespace, device_id) DO UPDATE SET "
+            "token_id = coalesce(excluded.token_id, devices.token_id), "
+            "last_seen_at = excluded.last_seen_at, "
+            "client_version = coalesce(excluded.client_version, devices.client_version), "
+            "last_ip = excluded.last_ip, last_result = excluded.last_result, "
+            "last_status = excluded.last_status, last_code = excluded.last_code, "
+            "last_message = excluded.last_message, last_result_at = CASE WHEN "
+            "devices.last_result = excluded.last_result AND devices.last_status = "
+            "excluded.last_status THEN devices.last_result_at ELSE excluded.last_result_at "
+            "END", ((*key, *values, values[1], key[0]) for key, values in seen.items()))
+
+    def device_page(self, listing: Listing, stale_before: float) -> Page:
+        conditions = self.search_condition(listing, "d.device_id", "d.namespace", "t.name",
+                                           "d.last_ip")
+        if "namespace" in listing.filters:
+            conditions.append(("d.namespace = ?", (listing.filters["namespace"],)))
+        status = listing.filters.get("status")
+        if status == "ok":
+            conditions.append(("d.last_result = 'ok' AND d.last_seen_at >= ?",
+                               (stale_before,)))
+        elif status == "problem":
+            conditions.append(("d.last_result <> 'ok'", ()))
+        elif status == "stale":
+            conditions.append(("d.last_seen_at < ?", (stale_before,)))
+        return self.page("d.*, t.name AS token_name",
+                         "devices d LEFT JOIN tokens t ON t.id = d.token_id",
+                         DEVICE_SORTS[listing.sort], conditions, listing)
+
     # -- admin users, sessions and login throttling ----------------------------
 
     def admin_user(self, username: str):
@@ -2597,6 +2636,11 @@ def authenticate(store: Store, raw: str, namespace: str):
     if row is None:
         raise HTTPError(401, "unknown token; check that it was pasted whole, or ask the "
                              "server's administrator for a new one")
+    return row
+
+
+def refuse_unusable(row) -> None:
+    """401 for a token that is known but disabled or expired."""
     if not row["enabled"]:
         raise HTTPError(401, f"token '{row['name']}' is disabled; ask the server's "
                              "administrator to enable it or to issue a new one")
@@ -2604,7 +2648,6 @@ def authenticate(store: Store, raw: str, namespace: str):
         day = rfc3339(row["expires_at"])[:10]
         raise HTTPError(401, f"token '{row['name']}' expired on {day}; ask the server's "
                              "administrator for a new one")
-    return row
 
 
 def namespace_deleted(namespace: str) -> HTTPError:
@@ -2659,6 +2702,103 @@ class UsageCounter:
                     later = self._pending.get(token_id)
                     self._pending[token_id] = [values[0] + later[0], *later[1:]] if later \
                         else values
+            raise
+
+
+def device_result(method: str, status: int) -> str:
+    """What a sync answer meant for the device that asked (the devices listing)."""
+    if status < 400 or (status == 404 and method in ("GET", "HEAD")):  # 404: nothing there yet
+        return "ok"
+    return DEVICE_RESULTS.get(status) or ("error" if status >= 500 else "bad_request")
+
+
+DEVICE_RESULTS = {401: "refused", 403: "refused", 410: "deleted", 412: "conflict",
+                  413: "too_large", 429: "busy", 503: "busy"}
+MAX_DEVICE_TEXT, MAX_DEVICES_PENDING = 128, 10000
+
+
+def device_text(value) -> str | None:
+    """A device id or client version from a header (read as latin-1) or a manifest."""
+    if not isinstance(value, str):
+        return None
+    with contextlib.suppress(UnicodeError):
+        value = value.encode("latin-1").decode("utf-8")
+    value = value.strip()[:MAX_DEVICE_TEXT]
+    return value if value and value.isprintable() else None
+
+
+def answer_error(body: bytes) -> tuple[str | None, str | None]:
+    """The code and message of a JSON error answer (never a payload: errors only)."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        error = json.loads(body)["error"]
+        return error.get("code"), str(error.get("message"))[:300]
+    return None, None
+
+
+class DeviceLog:
+    """What each device's sync requests showed (namespace, device id from the
+    X-OxideTerm-Device-Id header or the manifest's deviceId, token, client version,
+    address, result), kept like token use: a request only appends to a deque (see
+    LOCK_FREE), collect() keeps the newest per device, flush() writes them in one
+    transaction. A refused request whose token is unknown is kept only when its
+    namespace exists (Records.record_devices), and at most MAX_DEVICES_PENDING
+    devices wait between flushes, so strangers cannot fill the table."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # for whoever adds up; requests only append
+        self._seen: collections.deque = collections.deque()
+        # (namespace, device id) -> [first seen, token id, last seen, client version, ip,
+        #                            result, status, code, message, result since]
+        self._pending: dict[tuple, list] = {}
+        self.dropped = 0
+
+    def observe(self, request, response: Response) -> None:
+        namespace = getattr(request, "namespace", None)
+        device = namespace and (request.device_id or request.headers.get(
+            "X-OxideTerm-Device-Id"))
+        if device:
+            self._seen.append((namespace, device, request.token_id, time.time(),
+                               request.headers.get("X-OxideTerm-Client-Version"),
+                               request.client_ip(), request.command, response.status,
+                               response.body if response.status >= 400 else b""))
+
+    def collect(self) -> None:
+        with self._lock, contextlib.suppress(IndexError):
+            while True:
+                self._add(*self._seen.popleft())
+
+    def _add(self, namespace, device, token_id, when, version, ip, method, status, body):
+        key = (namespace, device_text(device))
+        earlier = self._pending.get(key)
+        if key[1] is None or earlier is None and len(self._pending) >= MAX_DEVICES_PENDING:
+            self.dropped += key[1] is not None
+            return
+        result, version = device_result(method, status), device_text(version)
+        code, message = answer_error(body) if body else (None, None)
+        first, since = when, when
+        if earlier is not None:
+            first, token_id, version = earlier[0], token_id or earlier[1], version or earlier[3]
+            since = earlier[9] if earlier[5:7] == [result, status] else when
+        self._pending[key] = [first, token_id, when, version, ip, result, status, code,
+                              message, since]
+
+    def flush(self, store: Store) -> None:
+        self.collect()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            dropped, self.dropped = self.dropped, 0
+        if dropped:
+            log.warning("device log: %d devices not recorded (over %d in one interval)",
+                        dropped, MAX_DEVICES_PENDING)
+        if not pending:
+            return
+        try:
+            with store.write() as tx:
+                tx.record_devices(pending)
+        except StoreError:  # kept for the next flush, unless newer news came meanwhile
+            with self._lock:
+                for key, values in pending.items():
+                    self._pending.setdefault(key, values)
             raise
 
 
@@ -3167,7 +3307,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def serve(self) -> None:
         started = time.perf_counter()
-        self.token_id, route = None, None
+        self.token_id = self.namespace = self.device_id = route = None
         try:
             self.check_framing()
             if self.body_length or self.chunked:
@@ -3492,6 +3632,7 @@ class App:
         self.config, self.store, self.sealer = config, store, sealer
         self.log_writer, self.certificate = log_writer, certificate
         self.usage = UsageCounter()
+        self.devices = DeviceLog()
         self.watch = ConnectionWatch()
         self.turns = Turns()
         self.jwt_secret = config.admin_jwt_secret or secrets.token_bytes(32)
@@ -3545,6 +3686,7 @@ class App:
         return HTTPError(500, "the server hit an unexpected error; its log has the details")
 
     def log_access(self, request, template: str, response: Response, seconds: float) -> None:
+        self.devices.observe(request, response)
         received = request.body_length if getattr(request, "body_read", False) else 0
         self.metrics.observe(template, request.command or "-", response.status, seconds,
                              received, getattr(request, "bytes_sent", 0))
@@ -3655,13 +3797,15 @@ def json_depth(value) -> int:
 def sync_access(request, namespace: str, permission: str):
     """Authenticate and authorize a sync call -> the namespace's row (joined with the
     token's), or None when the namespace does not exist yet."""
+    request.namespace = namespace  # for the device log, whatever the answer
     try:
         token = authenticate(request.app.store,
                              token_from_header(request.headers.get("Authorization")), namespace)
+        request.token_id = token["id"]
+        refuse_unusable(token)
     except HTTPError:
         request.app.metrics.add("auth_failures")
         raise
-    request.token_id = token["id"]
     row = token if token["namespace"] is not None else None
     authorize(token, namespace, row, permission)
     version = (request.header("X-OxideTerm-Client-Version") or "")[:128] or None
@@ -3763,6 +3907,7 @@ def put_metadata(request, ns):
     conditions = request_conditions(request)
     manifest = parse_json_object(request.read_body(METADATA_LIMIT, "metadata", stored=True),
                                  "metadata")
+    request.device_id = text_or_none(manifest.get("deviceId"))
     revision = manifest.get("revision")
     if not isinstance(revision, str) or not revision:
         raise HTTPError(400, "metadata needs a non-empty string 'revision'")
@@ -4665,6 +4810,50 @@ def admin_conflicts(request):
         "remoteRevision": row["remote_revision"]} for row in rows]})
 
 
+STALE_DAYS = 7  # a device that has not synced for longer is flagged stale
+
+
+def stale_days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        raise ValueError("must be a number of days") from None
+    if not 0 < days <= 36500:
+        raise ValueError("must be a number of days above 0")
+    return days
+
+
+def device_view(row, stale_before: float) -> dict:
+    """A device as the admin API and CLI show it: what its requests showed, no payload."""
+    return {"namespace": row["namespace"], "deviceId": row["device_id"],
+            "tokenId": row["token_id"], "tokenName": row["token_name"],
+            "firstSeenAt": rfc3339(row["first_seen_at"]),
+            "lastSeenAt": rfc3339(row["last_seen_at"]), "clientVersion": row["client_version"],
+            "lastIp": row["last_ip"], "lastResult": row["last_result"],
+            "lastStatus": row["last_status"], "lastCode": row["last_code"],
+            "lastMessage": row["last_message"], "lastResultAt": rfc3339(row["last_result_at"]),
+            "stale": row["last_seen_at"] < stale_before, "problem": row["last_result"] != "ok"}
+
+
+def device_listing(store: Store, listing: Listing) -> tuple[Page, list[dict]]:
+    stale_before = time.time() - listing.filters.get("staleDays", STALE_DAYS) * 86400
+    with store.read(snapshot=True) as tx:
+        page = tx.device_page(listing, stale_before)
+    return page, [device_view(row, stale_before) for row in page.rows]
+
+
+@route("GET", "/admin/api/devices")
+def admin_devices(request):
+    """A page of devices as their syncs showed them: q (device id, namespace, token name,
+    address), namespace, status (ok, problem, stale), staleDays, sort, order, limit."""
+    admin_session(request)
+    listing = list_request(request, DEVICE_SORTS, "lastSeen", namespace=check_namespace,
+                           status=one_of("ok", "problem", "stale"), staleDays=stale_days)
+    request.app.devices.flush(request.app.store)  # show them up to this moment
+    page, views = device_listing(request.app.store, listing)
+    return list_answer(request, "devices", listing, page, views)
+
+
 @route("GET", "/admin/api/stats")
 def admin_stats(request):
     admin_session(request)
@@ -4921,6 +5110,16 @@ def admin_api_paths() -> dict:
         "/admin/api/tokens/{id}/rotate": {"parameters": [token_id], "post": admin(
             "new secret; the old one stops", "rotated")},
         "/admin/api/conflicts": {"get": admin("recent 412s, newest first", "conflicts")},
+        "/admin/api/devices": {"get": listing(
+            "a page of devices, as their sync requests showed them", "devices", DEVICE_SORTS,
+            "the device id, namespace, token name or last address",
+            namespace={"type": "string", "description": "only this namespace"},
+            status={"type": "string", "enum": ["ok", "problem", "stale"],
+                    "description": "ok: last result ok and not stale; problem: last result "
+                                   "not ok; stale: not seen for staleDays"},
+            staleDays={"type": "number", "exclusiveMinimum": 0, "maximum": 36500,
+                       "description": f"days without a request after which a device is "
+                                      f"stale (default {STALE_DAYS})"})},
         "/admin/api/gc": {"post": admin("apply object retention now", "removed")},
     }
 
@@ -5085,16 +5284,17 @@ GC_INTERVAL = 3600
 
 
 def housekeeping(app: App, stop: threading.Event) -> None:
-    """Twice a second: cut overdue connections, add up metrics and token use, and
-    checkpoint the WAL. Every 5 seconds: write token usage. Every hour (first a minute
-    after startup): apply object retention. Within a minute: pick up a renewed TLS
-    certificate."""
+    """Twice a second: cut overdue connections, add up metrics, token use and the device
+    log, and checkpoint the WAL. Every 5 seconds: write token usage and the device log.
+    Every hour (first a minute after startup): apply object retention. Within a minute:
+    pick up a renewed TLS certificate."""
     last_flush, next_gc = time.monotonic(), time.monotonic() + 60
     next_certificate_check = time.monotonic() + 60
     while not stop.wait(0.5):
         app.watch.sweep()
         app.metrics.collect()
         app.usage.collect()
+        app.devices.collect()
         now = time.monotonic()
         if app.certificate and now >= next_certificate_check:
             next_certificate_check = now + 60
@@ -5104,6 +5304,7 @@ def housekeeping(app: App, stop: threading.Event) -> None:
             if now - last_flush >= 5:
                 last_flush = now
                 app.usage.flush(app.store)
+                app.devices.flush(app.store)
             if now >= next_gc:
                 next_gc = now + GC_INTERVAL
                 collect_garbage(app.store, app.config.object_retention_seconds)
@@ -5176,6 +5377,7 @@ def run_server(config: Config, log_writer: LogWriter) -> int:
     stop.set()
     try:
         app.usage.flush(store)
+        app.devices.flush(store)
         store.checkpoint(final=True)
     except Exception as error:  # the database busy or gone at shutdown
         log.error("could not write the last token usage or checkpoint the WAL: %s (the data "
@@ -5367,6 +5569,33 @@ def cmd_namespace_list(args) -> int:
                             ("objectBytes", "OBJECT BYTES"),
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
                             ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE")])
+    return 0
+
+
+def cmd_device_list(args) -> int:
+    try:
+        namespace = args.namespace and check_namespace(args.namespace)
+        days = stale_days(args.stale_days)
+    except BadName as error:
+        raise ConfigError(f"--namespace: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"--stale-days {args.stale_days!r}: {error}") from None
+    listing = cli_listing(args, DEVICE_SORTS, "lastSeen", namespace=namespace,
+                          status=args.status, staleDays=days)
+    page, devices = device_listing(cli_store(args), listing)
+    list_rows(page, "devices")
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return 0
+    for device in devices:
+        device["flags"] = ",".join(f for f in ("stale", "problem") if device[f]) or "-"
+        device["result"] = device["lastResult"] + (
+            f" {device['lastStatus']}" if device["lastResult"] != "ok" else "")
+    print_table(devices, [("namespace", "NAMESPACE"), ("deviceId", "DEVICE"),
+                          ("tokenName", "TOKEN"), ("lastSeenAt", "LAST SEEN"),
+                          ("result", "LAST RESULT"), ("lastResultAt", "SINCE"),
+                          ("clientVersion", "CLIENT"), ("lastIp", "LAST IP"),
+                          ("flags", "FLAGS")])
     return 0
 
 
@@ -5706,6 +5935,20 @@ def add_namespace_commands(commands) -> None:
     rollback.add_argument("--yes", action="store_true", help="do it (default: dry run)")
 
 
+def add_device_commands(commands) -> None:
+    actions = add_group(commands, "device", "devices as their sync requests showed them")
+    listing = add_list_command(actions, "list devices: token, last seen, client version, "
+                               "address and last result", cmd_device_list, DEVICE_SORTS,
+                               "devices whose id, namespace, token name or address contains")
+    listing.add_argument("--namespace", help="only devices of this namespace")
+    listing.add_argument("--status", choices=("ok", "problem", "stale"),
+                         help="ok: last result ok and recent; problem: last result not ok; "
+                              "stale: no request for --stale-days")
+    listing.add_argument("--stale-days", default=str(STALE_DAYS), metavar="DAYS",
+                         help=f"days without a request that make a device stale "
+                              f"(default {STALE_DAYS})")
+
+
 def add_maintenance_commands(commands) -> None:
     add_command(commands, "gc", "apply object retention now; prints what was removed", cmd_gc,
                 (*DB_OPTIONS, RETENTION_OPTION))
@@ -5755,6 +5998,7 @@ def build_parser() -> argparse.ArgumentParser:
                 SERVER_OPTIONS)
     add_token_commands(commands)
     add_namespace_commands(commands)
+    add_device_commands(commands)
     add_maintenance_commands(commands)
     add_admin_commands(commands)
     parser.set_defaults(command_names=set(commands.choices))

@@ -27,7 +27,7 @@ SEEDED = 2500
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, store_kind):
     with running_server(tmp_path_factory.mktemp("listing"), ADMIN_ENV, store_kind=store_kind,
-                        args=("--blob-history", "2")) as server:
+                        args=("--blob-history", "2", "--max-blob-size", "1048576")) as server:
         server.remember(PASSWORD)
         server.seeded = seed_namespaces(server, SEEDED)
         server.seeded_tokens = seed_tokens(server, 300)
@@ -156,7 +156,7 @@ def conftest_b64(text: str) -> str:
 
 
 def test_listing_needs_a_session(shared):
-    for what in ("namespaces", "tokens"):
+    for what in ("namespaces", "tokens", "devices"):
         assert_json_error(shared.request("GET", f"/admin/api/{what}?limit=5"), 401)
 
 
@@ -309,3 +309,184 @@ def test_cli_namespace_and_token_lists_search_and_limit(shared):
     (["token", "list", "--search", "a\x07b"], ["--search", "printable"])])
 def test_cli_refuses_bad_list_options(shared, args, words):
     one_error_line(shared.cli(*args, check=False), *words, code=2)
+
+
+# -- devices, as observed -----------------------------------------------------------------
+
+def devices(admin, **params) -> dict:
+    return listing(admin, "devices", **params)
+
+
+def device(admin, namespace: str, device_id: str) -> dict:
+    page = devices(admin, namespace=namespace, q=device_id)
+    found = [d for d in page["devices"] if d["deviceId"] == device_id]
+    assert len(found) == 1, page
+    return found[0]
+
+
+def upload(server, namespace, token, device_id, revision, if_match=None, data=b"snap",
+           version="OxideTerm/1.2.3"):
+    headers = {"X-OxideTerm-Revision": revision, "X-OxideTerm-Device-Id": device_id,
+               "X-OxideTerm-Client-Version": version,
+               "Content-Type": "application/vnd.oxideterm.oxide"}
+    if if_match:
+        headers["If-Match"] = f'"{if_match}"'
+    return server.request("PUT", ns_path(namespace, "blob"), data, headers, token=token)
+
+
+def test_devices_show_ok_conflict_and_refused(admin, shared, ns):
+    token = shared.token
+    token_id = json.loads(shared.cli("token", "list", "--search", "shared", "--json")
+                          .stdout)[0]["id"]
+    first = upload(shared, ns, token, "laptop-a", "r1")
+    assert first.status == 200
+    assert upload(shared, ns, token, "desktop-b", "r2", if_match=first.json["etag"]).status \
+        == 200
+    laptop = device(admin, ns, "laptop-a")
+    assert laptop["lastResult"] == "ok" and laptop["lastStatus"] == 200
+    assert not laptop["problem"] and not laptop["stale"]
+    assert laptop["tokenId"] == token_id and laptop["tokenName"] == "shared"
+    assert laptop["clientVersion"] == "OxideTerm/1.2.3" and laptop["lastIp"] == "127.0.0.1"
+    # The laptop uploads against the etag it last saw: 412.
+    stale = upload(shared, ns, token, "laptop-a", "r3", if_match=first.json["etag"])
+    assert stale.status == 412
+    laptop = device(admin, ns, "laptop-a")
+    assert (laptop["lastResult"], laptop["lastStatus"], laptop["lastCode"]) == \
+        ("conflict", 412, "etag_conflict_detected") and laptop["problem"]
+    assert laptop["firstSeenAt"] <= laptop["lastResultAt"] <= laptop["lastSeenAt"]
+    # A token that does not exist: refused, recorded without a token, old token kept.
+    refused = upload(shared, ns, "oxs_not-a-real-token", "laptop-a", "r4")
+    assert refused.status == 401
+    laptop = device(admin, ns, "laptop-a")
+    assert (laptop["lastResult"], laptop["lastStatus"], laptop["lastCode"]) == \
+        ("refused", 401, "unauthorized")
+    assert laptop["tokenId"] == token_id, "the token it used before is kept"
+    assert "oxs_not-a-real-token" not in json.dumps(devices(admin, namespace=ns))
+    rows = db_rows(shared, "SELECT * FROM devices WHERE namespace = ?", (ns,))
+    assert "oxs_not-a-real-token" not in json.dumps(rows, default=str)
+    # A good sync again: ok, and the problem is gone.
+    assert upload(shared, ns, token, "laptop-a", "r5",
+                  if_match=db_rows(shared, "SELECT etag FROM namespaces WHERE name = ?",
+                                   (ns,))[0]["etag"]).status == 200
+    laptop = device(admin, ns, "laptop-a")
+    assert laptop["lastResult"] == "ok" and not laptop["problem"]
+    desktop = device(admin, ns, "desktop-b")
+    assert desktop["lastResult"] == "ok"
+    assert {d["deviceId"] for d in devices(admin, namespace=ns)["devices"]} == \
+        {"laptop-a", "desktop-b"}
+
+
+def test_manifest_device_id_and_other_results(admin, shared, ns):
+    token = shared.token
+    manifest = {"format": "structured-v2", "revision": "m1", "deviceId": "phone-c"}
+    assert shared.request("PUT", ns_path(ns, "metadata"), manifest, token=token).status == 200
+    phone = device(admin, ns, "phone-c")
+    assert phone["lastResult"] == "ok" and phone["clientVersion"] is None
+    big = b"x" * (2 * 1024 * 1024)
+    answer = shared.request("PUT", ns_path(ns, "blob"), big, {
+        "X-OxideTerm-Revision": "big", "X-OxideTerm-Device-Id": "phone-c"}, token=token)
+    assert answer.status == 413, answer
+    phone = device(admin, ns, "phone-c")
+    assert (phone["lastResult"], phone["lastStatus"]) == ("too_large", 413)
+    # A read-only token refused a write (403): refused, with the token named.
+    reader = shared.create_token(name="reader-" + ns[-6:], permissions="read")
+    assert upload(shared, ns, reader, "tablet-d", "t1").status == 403
+    tablet = device(admin, ns, "tablet-d")
+    assert (tablet["lastResult"], tablet["lastStatus"], tablet["lastCode"]) == \
+        ("refused", 403, "forbidden")
+    assert tablet["tokenName"] == "reader-" + ns[-6:] and "permission" in tablet["lastMessage"]
+    # Deleted namespace: 410.
+    assert admin.delete(f"/admin/api/namespaces/{quote(ns, safe='')}").status == 200
+    assert upload(shared, ns, token, "phone-c", "after-delete").status == 410
+    assert device(admin, ns, "phone-c")["lastResult"] == "deleted"
+    # Requests without a device id are not attributed to anyone.
+    assert shared.request("GET", ns_path(ns, "metadata"), token=token).status == 410
+    assert devices(admin, namespace=ns)["total"] >= 2
+    assert {d["deviceId"] for d in devices(admin, namespace=ns)["devices"]} == \
+        {"phone-c", "tablet-d"}
+
+
+def test_unknown_token_for_a_namespace_that_does_not_exist_is_not_recorded(admin, shared, ns):
+    assert upload(shared, ns, "oxs_stranger", "intruder-1", "x").status == 401
+    assert devices(admin, namespace=ns)["devices"] == []
+    assert upload(shared, ns, "oxs_stranger", "", "x").status == 401   # no id: nothing
+
+
+def test_stale_flag_and_status_filters(admin, shared, ns):
+    token = shared.token
+    assert upload(shared, ns, token, "old-laptop", "r1").status == 200
+    first = db_rows(shared, "SELECT etag FROM namespaces WHERE name = ?", (ns,))[0]["etag"]
+    assert upload(shared, ns, token, "new-laptop", "r2", if_match=first).status == 200
+    assert upload(shared, ns, token, "bad-laptop", "r3", if_match=first).status == 412
+    device(admin, ns, "old-laptop")  # flushed
+    ten_days = 10 * 86400
+    assert db_change(shared, "UPDATE devices SET last_seen_at = last_seen_at - ?, "
+                     "first_seen_at = first_seen_at - ?, last_result_at = last_result_at - ? "
+                     "WHERE namespace = ? AND device_id = ?",
+                     (ten_days, ten_days, ten_days, ns, "old-laptop")) == 1
+    old = device(admin, ns, "old-laptop")
+    assert old["stale"] and not old["problem"]
+    assert not device(admin, ns, "new-laptop")["stale"]
+
+    def ids(**params):
+        return {d["deviceId"] for d in devices(admin, namespace=ns, **params)["devices"]}
+
+    assert ids(status="stale") == {"old-laptop"}
+    assert ids(status="problem") == {"bad-laptop"}
+    assert ids(status="ok") == {"new-laptop"}
+    assert ids(status="stale", staleDays="11") == set()
+    assert ids(status="ok", staleDays="11") == {"new-laptop", "old-laptop"}
+    page = devices(admin, namespace=ns, status="problem")
+    assert page["matched"] == 1 and page["total"] >= 3
+
+
+def test_device_paging_sorts_and_search(admin, shared):
+    namespaces = shared.seeded[:50]
+    if not devices(admin, q="laptop-0")["matched"]:
+        conftest.seed_devices(shared, 1200, namespaces)
+    for sort in ("lastSeen", "namespace", "device"):
+        for order in ("asc", "desc"):
+            items, pages = every_page(admin, "devices", q="laptop-0", sort=sort, order=order,
+                                      limit=250)
+            keys = [(d["namespace"], d["deviceId"]) for d in items]
+            assert len(keys) == len(set(keys)) == 1200 and pages == 5
+            field = {"lastSeen": lambda d: (d["lastSeenAt"], d["namespace"], d["deviceId"]),
+                     "namespace": lambda d: (d["namespace"], d["deviceId"]),
+                     "device": lambda d: (d["deviceId"], d["namespace"])}[sort]
+            assert [field(d) for d in items] == sorted(map(field, items),
+                                                        reverse=order == "desc")
+    newest = devices(admin, q="laptop-0", limit=3)["devices"]
+    assert [d["deviceId"] for d in newest] == ["laptop-00000", "laptop-00001", "laptop-00002"]
+    stale = devices(admin, q="laptop-0", status="stale")
+    assert stale["matched"] == sum(1 for i in range(1200) if i * 60 > 7 * 86400)
+    one = devices(admin, q="LAPTOP-00042")
+    assert [d["deviceId"] for d in one["devices"]] == ["laptop-00042"]
+    assert one["devices"][0]["lastResult"] == "refused" and one["devices"][0]["problem"]
+
+
+@pytest.mark.parametrize("query, words", [
+    ("status=broken", ["status", "ok, problem, stale"]), ("sort=size", ["sort"]),
+    ("namespace=a%00b", ["namespace"]), ("staleDays=0", ["staleDays"]),
+    ("staleDays=soon", ["staleDays", "number"]), ("deviceId=x", ["unknown parameter"])])
+def test_bad_device_parameters_are_400_json(admin, query, words):
+    assert_json_error(admin.get(f"/admin/api/devices?{query}"), 400, *words)
+
+
+def test_cli_device_list(admin, shared, ns):
+    token = shared.token
+    assert upload(shared, ns, token, "cli-laptop", "r1").status == 200
+    assert upload(shared, ns, token, "cli-laptop", "r2", if_match="nope").status == 412
+    device(admin, ns, "cli-laptop")  # flushed by the listing
+    table = shared.cli("device", "list", "--namespace", ns)
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["NAMESPACE", "DEVICE", "TOKEN"]
+    assert len(lines) == 2 and "cli-laptop" in lines[1] and "conflict 412" in lines[1]
+    assert "problem" in lines[1]
+    found = json.loads(shared.cli("device", "list", "--search", "CLI-LAPTOP", "--json").stdout)
+    assert [(d["namespace"], d["lastResult"]) for d in found] == [(ns, "conflict")]
+    assert json.loads(shared.cli("device", "list", "--namespace", ns, "--status", "ok",
+                                 "--json").stdout) == []
+    one_error_line(shared.cli("device", "list", "--namespace", "a b", check=False),
+                   "--namespace", code=2)
+    one_error_line(shared.cli("device", "list", "--stale-days", "0", check=False),
+                   "--stale-days", code=2)
