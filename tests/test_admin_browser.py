@@ -27,7 +27,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from conftest import ROOT, TEST_KEY
+from conftest import (ROOT, TEST_KEY, running_server, seed_devices, seed_namespaces,
+                      seed_tokens)
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -45,7 +46,7 @@ PASSWORD = "correct horse battery"
 ADMIN_ENV = {"ADMIN_PASSWORD": PASSWORD, "ADMIN_JWT_SECRET": "x" * 40}
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 WIDTHS = {"desktop": (1280, 800), "phone": (390, 844)}
-TABS = ["overview", "tokens", "namespaces", "conflicts", "users"]
+TABS = ["overview", "tokens", "namespaces", "devices", "conflicts", "users"]
 NS = "team/default"
 MANIFEST_TYPE = "application/vnd.oxideterm.cloud-sync.manifest+json"
 
@@ -82,8 +83,10 @@ def put_blob(port, namespace, token, data=b"snapshot-1", revision="r1", first=Tr
     return sync(port, "PUT", namespace, "blob", token, data, headers)
 
 
-def put_manifest(port, namespace, token, revision, connections, device="laptop-1"):
-    """A structured-v2 upload: the connections object first, then the manifest."""
+def put_manifest(port, namespace, token, revision, connections, device="laptop-1",
+                 revisions: dict | None = None):
+    """A structured-v2 upload: the connections object first, then the manifest.
+    revisions: more sectionRevisions (appSettings and pluginSettings ones are maps)."""
     path = f"structured/connections/{revision}.json"
     document = json.dumps({"kind": "connections", "records": [{"id": i} for i in
                                                               range(connections)]}).encode()
@@ -96,7 +99,8 @@ def put_manifest(port, namespace, token, revision, connections, device="laptop-1
                 "sections": {"connections": {"revision": revision, "path": path,
                                              "recordCount": connections,
                                              "contentType": "application/json"}},
-                "sectionRevisions": {"connections": revision, "quickCommands": None}}
+                "sectionRevisions": {"connections": revision, "quickCommands": None,
+                                     **(revisions or {})}}
     status, body, _ = sync(port, "PUT", namespace, "metadata", token,
                            json.dumps(manifest).encode(), {"Content-Type": "application/json"})
     assert status == 200, (status, body)
@@ -670,6 +674,33 @@ def test_history_timeline_and_rollback(ui):
     assert metadata(port, NS, token)["revision"] == "rev-1"
 
 
+def test_nested_section_revisions_are_shown_key_by_key(ui):
+    """appSettings and pluginSettings revisions are maps: the history once printed
+    "appSettings revision [object Object] → [object Object]"."""
+    view = ui()
+    port = view.server.port
+    token = view.server.create_token()
+    put_manifest(port, NS, token, "rev-1", connections=3, revisions={
+        "appSettings": {"general": "g1", "terminal": "t1"},
+        "pluginSettings": {"com.example.git": {"ui": "p1", "keys": "k1"}}})
+    put_manifest(port, NS, token, "rev-2", connections=3, revisions={
+        "appSettings": {"general": "g2", "terminal": "t1", "editor": "e1"},
+        "pluginSettings": {"com.example.git": {"ui": "p2", "keys": "k1"}}})
+    view.open().login().tab("namespaces")
+    view.row("namespaces", namespace=NS).locator("button[data-action='history']").click()
+    newest = view.page.locator("#history-list li.version").first
+    expect(newest).to_contain_text("#2")
+    changes = newest.locator("ul.changes")
+    app = changes.locator("> li", has_text="appSettings")
+    expect(app.locator(".revision-keys > li")).to_have_text(["editor — → e1", "general g1 → g2"])
+    plugin = changes.locator("> li", has_text="pluginSettings")
+    expect(plugin.locator(".revision-keys > li")).to_have_text(["com.example.git.ui p1 → p2"])
+    expect(changes).to_contain_text("connections revision rev-1 → rev-2")
+    assert "terminal" not in newest.inner_text()  # unchanged keys are left out
+    history = view.page.locator("#history-panel").inner_text()
+    assert "[object" not in history, history
+
+
 def test_kept_snapshot_can_be_restored(ui):
     """Legacy blob sync: the history lists kept snapshots (blobVersions) with a restore."""
     view = ui()
@@ -1052,7 +1083,7 @@ def test_tokens_on_a_phone_focus_notice_and_secret(ui):
 
     token_id = last.get_attribute("data-token-id")
     last.locator("button[data-action='delete']").click()
-    view.confirm("Delete token", "device 5")
+    view.confirm("Delete token", "device 0")   # newest first: the oldest is last
     expect(page.locator(f"#tokens-table tr[data-token-id='{token_id}']")).to_have_count(0)
     assert focused(page)["row"] and "data-token-id" in focused(page)["row"], focused(page)
     box = notice.bounding_box()
@@ -1236,6 +1267,7 @@ def test_every_tab_fits_and_is_screenshotted(ui, device):
     expect(page.locator("#confirm-dialog")).to_be_visible()
     check("confirm-dialog", full_page=False)
     page.click("#confirm-cancel")
+    page.click("#history-close")  # the history is a dialog over the list
 
     view.tab("tokens")
     page.fill("#token-name", "new laptop")
@@ -1480,3 +1512,259 @@ def test_times_are_relative_with_the_absolute_time_on_hover(ui):
     expect(written).to_have_text("just now")
     expect(written).to_have_attribute("title", absolute)
 
+
+
+# -- thousands of namespaces, tokens and devices ---------------------------------------------
+
+BIG_NAMESPACES, BIG_TOKENS, BIG_DEVICES = 5000, 1000, 1000
+PAGE_ROWS = 50       # admin.html's PAGE_SIZE: the DOM holds one page of rows
+LARGEST = "home/largest"
+DEEP = "seed-00040-real"     # sorts as the 45th of 5,000 by name: far down the first page
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """One server for the module, seeded straight into its store with 5,000 namespaces,
+    1,000 tokens and 1,000 devices, plus real syncs: a namespace far larger than the rest,
+    one with a history deep in the first page, a device whose last upload got 412 and one
+    whose token was disabled (401)."""
+    with running_server(tmp_path_factory.mktemp("big"), env=ADMIN_ENV) as server:
+        names = seed_namespaces(server, BIG_NAMESPACES)
+        seed_tokens(server, BIG_TOKENS)
+        # device i was last seen i minutes before "7 days ago + 500 min": from 500 on, stale
+        seed_devices(server, BIG_DEVICES, names, now=time.time() - 7 * 86400 + 500 * 60)
+        port = server.port
+        assert put_blob(port, LARGEST, server.token, os.urandom(300_000))[0] == 200
+        put_manifest(port, DEEP, server.token, "deep-1", connections=5)
+        put_manifest(port, DEEP, server.token, "deep-2", connections=6)
+        stuck = server.create_token(name="alice laptop", namespace="home/alice")
+        device = {"X-OxideTerm-Device-Id": "alice-laptop", "X-OxideTerm-Client-Version": "1.4.2"}
+        status, body, _ = sync(port, "PUT", "home/alice", "blob", stuck, b"one", {
+            **device, "X-OxideTerm-Revision": "a1", "If-None-Match": "*"})
+        assert status == 200, body
+        status, body, _ = sync(port, "PUT", "home/alice", "blob", stuck, b"two", {
+            **device, "X-OxideTerm-Revision": "a2", "If-Match": '"not-the-current-etag"'})
+        assert status == 412, body
+        revoked = server.create_token(name="bob phone", namespace="home/bob")
+        phone = {"X-OxideTerm-Device-Id": "bob-phone", "X-OxideTerm-Client-Version": "1.3.0"}
+        status, body, _ = sync(port, "PUT", "home/bob", "blob", revoked, b"bob", {
+            **phone, "X-OxideTerm-Revision": "b1", "If-None-Match": "*"})
+        assert status == 200, body
+        server.cli("token", "disable", server.token_id("bob phone"))
+        status, body, _ = sync(port, "GET", "home/bob", "metadata", revoked, headers=phone)
+        assert status == 401, body
+        yield server
+
+
+def table_rows(page, table: str):
+    return page.locator(f"#{table}-table tbody tr[data-namespace], "
+                        f"#{table}-table tbody tr[data-token-id]")
+
+
+def test_search_finds_one_namespace_among_5000(ui, big):
+    view = ui(server=big).open().login().tab("namespaces")
+    page = view.page
+    total = view.api("GET", "/namespaces?limit=1")[1]["total"]
+    assert total >= BIG_NAMESPACES
+    expect(page.locator("#namespaces-count")).to_have_text(f"{total:,} namespaces")
+    expect(table_rows(page, "namespaces")).to_have_count(PAGE_ROWS)
+    asked = []
+    page.on("request", lambda r: "/admin/api/namespaces?" in r.url and "q=" in r.url
+            and asked.append(r.url))
+    page.locator("#namespaces-search").press_sequentially("seed-04321", delay=20)
+    expect(table_rows(page, "namespaces")).to_have_count(1)
+    expect(view.row("namespaces", namespace="seed-04321")).to_be_visible()
+    expect(page.locator("#namespaces-count")).to_have_text(f"1 of {total:,} namespaces match")
+    assert 1 <= len(asked) < len("seed-04321"), asked   # asked once typing paused, not per key
+    expect(page.locator("#namespaces-pager")).to_be_hidden()
+    page.fill("#namespaces-search", "no-such-namespace")
+    expect(page.locator("#namespaces-table td.empty")).to_contain_text(
+        'No namespace matches "no-such-namespace"')
+    expect(page.locator("#namespaces-count")).to_have_text(f"0 of {total:,} namespaces match")
+    page.fill("#namespaces-search", "")
+    expect(table_rows(page, "namespaces")).to_have_count(PAGE_ROWS)
+
+
+def test_sort_by_size_puts_the_largest_first(ui, big):
+    view = ui(server=big).open().login().tab("namespaces")
+    page = view.page
+    expect(table_rows(page, "namespaces").first).to_have_attribute("data-namespace",
+                                                                    "home/alice")
+    header = page.locator("#namespaces-table th", has_text="Total")
+    header.locator("button.sort").click()
+    expect(header).to_have_attribute("aria-sort", "descending")
+    expect(table_rows(page, "namespaces").first).to_have_attribute("data-namespace", LARGEST)
+    expect(page.locator("#namespaces-table th button[data-sort='size']")).to_be_focused()
+    expect(page.locator("#namespaces-sort")).to_have_value("size:desc")
+    sizes = [int(b) for b in page.locator(
+        "#namespaces-table td[data-label='Total'] [data-bytes]").evaluate_all(
+        "(nodes) => nodes.map((n) => n.getAttribute('data-bytes'))")]
+    assert len(sizes) == PAGE_ROWS and sizes == sorted(sizes, reverse=True), sizes
+    header.locator("button.sort").click()    # the second click reverses it
+    expect(header).to_have_attribute("aria-sort", "ascending")
+    expect(table_rows(page, "namespaces").first).not_to_have_attribute("data-namespace",
+                                                                        LARGEST)
+    expect(page.locator("#namespaces-table th[aria-sort]")).to_have_count(1)
+    page.select_option("#namespaces-sort", "size:desc")   # the same from the select
+    expect(table_rows(page, "namespaces").first).to_have_attribute("data-namespace", LARGEST)
+
+
+def test_paging_reaches_the_last_namespace_and_comes_back(ui, big):
+    view = ui(server=big).open().login().tab("namespaces")
+    page = view.page
+    status, last = view.api("GET", "/namespaces?sort=name&order=desc&limit=1")
+    assert status == 200, last
+    last_name, total = last["namespaces"][0]["name"], last["total"]
+    first_page = table_rows(page, "namespaces").first.get_attribute("data-namespace")
+    pages = 1
+    while page.locator("#namespaces-next").is_enabled():
+        shown = page.locator("#namespaces-range").inner_text()
+        page.click("#namespaces-next")
+        expect(page.locator("#namespaces-range")).not_to_have_text(shown)
+        assert table_rows(page, "namespaces").count() <= PAGE_ROWS
+        pages += 1
+        assert pages <= total // PAGE_ROWS + 1, "Next never ends"
+    assert pages == -(-total // PAGE_ROWS)
+    expect(table_rows(page, "namespaces").last).to_have_attribute("data-namespace", last_name)
+    start = (pages - 1) * PAGE_ROWS + 1
+    expect(page.locator("#namespaces-range")).to_have_text(f"{start:,}–{total:,} of {total:,}")
+    expect(page.locator("#namespaces-previous")).to_be_focused()   # Next went off at the end
+    for _ in range(pages - 1):
+        shown = page.locator("#namespaces-range").inner_text()
+        page.click("#namespaces-previous")
+        expect(page.locator("#namespaces-range")).not_to_have_text(shown)
+    expect(table_rows(page, "namespaces").first).to_have_attribute("data-namespace", first_page)
+    expect(page.locator("#namespaces-previous")).to_be_disabled()
+
+
+def test_history_opens_over_the_list_which_stays_where_it_was(ui, big):
+    view = ui(server=big).open().login().tab("namespaces")
+    page = view.page
+    row = view.row("namespaces", namespace=DEEP)
+    opener = row.locator("button[data-action='history']")
+    opener.scroll_into_view_if_needed()
+    scrolled = page.evaluate("() => window.scrollY")
+    assert scrolled > 2000, scrolled
+    opener.click()
+    sheet = page.locator("#history-panel")
+    expect(sheet).to_be_visible()
+    expect(page.locator("#history-title")).to_have_text(f"History of {DEEP}")
+    expect(page.locator("#history-list li.version")).to_have_count(2)
+    box = sheet.bounding_box()
+    assert box["y"] >= 0 and box["y"] < 10, box    # in view, not below the table
+    assert page.evaluate("() => window.scrollY") == scrolled
+    page.keyboard.press("Escape")
+    expect(sheet).to_be_hidden()
+    expect(opener).to_be_focused()
+    assert page.evaluate("() => window.scrollY") == scrolled
+
+
+def device_row(page, device_id: str):
+    return page.locator(f"#devices-table tbody tr[data-device-id='{device_id}']")
+
+
+def test_devices_view_names_the_conflict_and_the_refusal(ui, big):
+    view = ui(server=big).open().login().tab("devices")
+    page = view.page
+    total = view.api("GET", "/devices?limit=1")[1]["total"]
+    assert total >= BIG_DEVICES + 2
+    expect(page.locator("#devices-count")).to_have_text(f"{total:,} devices")
+    assert page.locator("#devices-table tbody tr").count() <= PAGE_ROWS
+    page.fill("#devices-search", "alice-laptop")
+    alice = device_row(page, "alice-laptop")
+    expect(alice).to_have_count(1)
+    expect(alice.locator("td[data-label='Last result'] .badge")).to_have_text("conflict")
+    expect(alice.locator("td[data-label='Client version']")).to_have_text("1.4.2")
+    expect(alice.locator("td[data-label='Token']")).to_have_text("alice laptop")
+    expect(alice.locator("td[data-label='Namespace']")).to_have_text("home/alice")
+    page.fill("#devices-search", "bob-phone")
+    bob = device_row(page, "bob-phone")
+    expect(bob.locator("td[data-label='Last result'] .badge")).to_have_text("refused 401")
+    expect(bob.locator("td[data-label='Flags']")).to_contain_text("problem")
+    expect(bob).to_have_class(re.compile(r"\bproblem\b"))
+
+    # its links: the token (the tokens tab, searched for it) and the namespace's history
+    bob.locator("button[data-action='token']").click()
+    expect(page.locator("#panel-tokens")).to_be_visible()
+    token_id = big.token_id("bob phone")
+    expect(page.locator("#tokens-search")).to_have_value(token_id)
+    expect(page.locator("#tokens-table tbody tr")).to_have_count(1)
+    expect(view.row("tokens", **{"token-id": token_id})).to_contain_text("disabled")
+    view.tab("devices")
+    device_row(page, "bob-phone").locator("button[data-action='history']").click()
+    expect(page.locator("#history-title")).to_have_text("History of home/bob")
+    page.click("#history-close")
+
+    # the filters: problems only, then devices not seen lately
+    page.fill("#devices-search", "")
+    page.select_option("#devices-status", "problem")
+    flags = page.locator("#devices-table td[data-label='Flags']")
+    expect(flags.first).to_contain_text("problem")
+    assert all("problem" in text for text in flags.all_inner_texts())
+    page.select_option("#devices-status", "stale")
+    expect(flags.first).to_contain_text("not seen lately")
+    assert all("not seen lately" in text for text in flags.all_inner_texts())
+    expect(page.locator("#devices-count")).to_contain_text(f"of {total:,} devices match")
+
+
+def test_tokens_search_and_filter_among_1000(ui, big):
+    view = ui(server=big).open().login().tab("tokens")
+    page = view.page
+    total = view.api("GET", "/tokens?limit=1")[1]["total"]
+    expect(page.locator("#tokens-count")).to_have_text(f"{total:,} tokens")
+    assert page.locator("#tokens-table tbody tr").count() == PAGE_ROWS
+    page.fill("#tokens-search", "seed-token-00421")
+    expect(page.locator("#tokens-table tbody tr")).to_have_count(1)
+    expect(page.locator("#tokens-table tbody tr")).to_contain_text("seed-token-00421")
+    page.fill("#tokens-search", "")
+    page.select_option("#tokens-status", "disabled")
+    status = page.locator("#tokens-table td[data-label='Status']")
+    expect(status.first).to_contain_text("disabled")
+    assert all("disabled" in text for text in status.all_inner_texts())
+
+
+@pytest.mark.parametrize("device", list(WIDTHS))
+def test_big_lists_fit_and_are_screenshotted(ui, big, device):
+    view = ui(server=big, size=WIDTHS[device]).open().login()
+    page = view.page
+    width, height = WIDTHS[device]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for tab in ("namespaces", "tokens", "devices"):
+        view.tab(tab)
+        expect(page.locator(f"#{tab}-pager")).to_be_visible()
+        page.wait_for_timeout(150)
+        page.screenshot(path=str(SHOTS / f"big-{tab}-{width}x{height}.png"))
+        layout = page.evaluate(LAYOUT_CHECK)
+        assert layout["scrollWidth"] <= layout["innerWidth"], (tab, layout)
+        assert not layout["wide"] and not layout["small"], (tab, layout)
+        assert not layout["unlabelled"] and not layout["garbled"], (tab, layout)
+    view.tab("namespaces")
+    page.select_option("#namespaces-sort", "size:desc")   # the sort on a phone: the select
+    expect(table_rows(page, "namespaces").first).to_have_attribute("data-namespace", LARGEST)
+    page.fill("#namespaces-search", DEEP)
+    expect(table_rows(page, "namespaces")).to_have_count(1)
+    table_rows(page, "namespaces").locator("button[data-action='history']").click()
+    expect(page.locator("#history-list li.version")).to_have_count(2)
+    page.wait_for_timeout(150)
+    page.screenshot(path=str(SHOTS / f"big-history-{width}x{height}.png"))
+    layout = page.evaluate(LAYOUT_CHECK)
+    assert not layout["wide"] and layout["scrollWidth"] <= layout["innerWidth"], layout
+
+
+def test_twenty_namespaces_look_as_before(ui):
+    """One page, no pager, the same columns as before the lists were paged."""
+    view = ui().open().login()
+    names = [f"team/n{i:02d}" for i in range(20)]
+    for name in names:
+        assert view.api("POST", "/namespaces", {"name": name})[0] == 201
+    view.tab("namespaces")
+    page = view.page
+    expect(table_rows(page, "namespaces")).to_have_count(20)
+    assert page.locator("#namespaces-table tbody tr").evaluate_all(
+        "(rows) => rows.map((r) => r.getAttribute('data-namespace'))") == names
+    expect(page.locator("#namespaces-count")).to_have_text("20 namespaces")
+    expect(page.locator("#namespaces-pager")).to_be_hidden()
+    assert page.locator("#namespaces-table tbody tr").first.locator("td").evaluate_all(
+        "(cells) => cells.map((c) => c.getAttribute('data-label'))") == [
+        "Name", "State", "Latest version", "Snapshot", "Snapshot history", "Objects", "Total",
+        "Last write", "Actions"]
