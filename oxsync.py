@@ -696,18 +696,34 @@ MIGRATIONS = [
         expires_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE manifest_refs (    -- the object paths each kept manifest names (retention)
+        namespace TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (namespace, seq, path)
+    );
+    CREATE INDEX manifest_refs_by_path ON manifest_refs (namespace, path);
+    CREATE TABLE unjudged_objects ( -- objects retention must look at again: their last
+        namespace TEXT NOT NULL,    -- reference went with a dropped manifest, or their
+        path TEXT NOT NULL,         -- namespace was restored
+        PRIMARY KEY (namespace, path)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
 TABLES = {"settings": "key", "namespaces": "name", "payloads": "id", "blobs": "namespace",
           "blob_versions": "namespace, seq", "objects": "namespace, path",
-          "manifests": "namespace, seq", "tokens": "id", "conflicts": "id",
+          "manifests": "namespace, seq", "manifest_refs": "namespace, seq, path",
+          "unjudged_objects": "namespace, path", "tokens": "id", "conflicts": "id",
           "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id"}
 PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
 BLOB_COLUMNS = "payload_id, revision, device_id, section_revisions, content_type, size, sha256"
 BLOB_UPSERT = "ON CONFLICT (namespace) DO UPDATE SET " + ", ".join(
     f"{column} = excluded.{column}" for column in ["updated_at"] + BLOB_COLUMNS.split(", "))
 KEEP_MANIFESTS = 32
+SQL_LIST_BATCH = 256  # values in one IN (...) list
 KEEP_CONFLICTS = 10000
 
 
@@ -813,7 +829,12 @@ class Records:
         return [namespace_view(row) for row in rows]
 
     def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
-        """Soft delete or restore -> False when there is no such namespace."""
+        """Soft delete or restore -> False when there is no such namespace. Retention
+        passes over a deleted namespace, so a restored one has all its objects judged."""
+        if not deleted:
+            self.run("INSERT INTO unjudged_objects (namespace, path) SELECT namespace, path "
+                     "FROM objects WHERE namespace = ? ON CONFLICT (namespace, path) DO NOTHING",
+                     (name,))
         return self.run("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
                         (time.time() if deleted else None, name)).rowcount > 0
 
@@ -832,7 +853,8 @@ class Records:
         with self.store.erasing(self.db):
             self.drop_payloads(row[0] for row in owned)
         for table, column in (("objects", "namespace"), ("blobs", "namespace"),
-                              ("blob_versions", "namespace"), ("manifests", "namespace"),
+                              ("blob_versions", "namespace"), ("manifest_refs", "namespace"),
+                              ("manifests", "namespace"), ("unjudged_objects", "namespace"),
                               ("conflicts", "namespace"), ("namespaces", "name")):
             self.run(f"DELETE FROM {table} WHERE {column} = ?", (name,))
         return sum(row[1] for row in owned)
@@ -930,15 +952,54 @@ class Records:
 
     def record_manifest(self, namespace: str, metadata: dict, now: float,
                         token_id: str | None, rollback_of: int | None = None) -> int:
-        """Every accepted manifest becomes a version in the namespace's history -> its seq."""
-        seq = self.value("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
-                         (namespace,))
-        self.run("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
-                 "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
-                  text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
-                  token_id, rollback_of, json_body(metadata).decode()))
-        return seq
+        """Every accepted manifest becomes a version in the namespace's history, with the
+        object paths it references (manifest_refs, for retention) -> its seq."""
+        inserted = self.run(
+            "INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
+            "format, token_id, rollback_of, manifest) SELECT ?, coalesce(max(seq), 0) + 1, "
+            "?, ?, ?, ?, ?, ?, ?, ? FROM manifests WHERE namespace = ? RETURNING seq",
+            (namespace, now, metadata["etag"], text_or_none(metadata.get("revision")),
+             text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
+             token_id, rollback_of, json_body(metadata).decode(), namespace))
+        paths = sorted(manifest_paths(metadata))
+        if paths:  # the seq just taken, so that the seq need not travel back and forth
+            self.run("INSERT INTO manifest_refs (namespace, seq, path) SELECT ?, (SELECT "
+                     "max(seq) FROM manifests WHERE namespace = ?), column1 FROM (VALUES "
+                     + ", ".join("(?)" for _ in paths) + ") AS paths", (namespace, namespace, *paths))
+        return inserted.fetchone()[0]
+
+    def drop_manifests(self, namespace: str, seqs) -> int:
+        """Remove versions from the history (after lock_namespace), with their references;
+        an object that no kept version references any more is queued for retention to
+        judge -> versions removed."""
+        removed = 0
+        seqs = sorted(set(seqs))
+        for start in range(0, len(seqs), SQL_LIST_BATCH):
+            chunk = seqs[start:start + SQL_LIST_BATCH]
+            listed = ", ".join("?" for _ in chunk)
+            self.run("INSERT INTO unjudged_objects (namespace, path) SELECT DISTINCT namespace, "
+                     f"path FROM manifest_refs r WHERE namespace = ? AND seq IN ({listed}) AND "
+                     "NOT EXISTS (SELECT 1 FROM manifest_refs k WHERE k.namespace = r.namespace "
+                     f"AND k.path = r.path AND k.seq NOT IN ({listed})) "
+                     "ON CONFLICT (namespace, path) DO NOTHING", (namespace, *chunk, *chunk))
+            self.run(f"DELETE FROM manifest_refs WHERE namespace = ? AND seq IN ({listed})",
+                     (namespace, *chunk))
+            removed += self.run(f"DELETE FROM manifests WHERE namespace = ? AND seq IN "
+                                f"({listed})", (namespace, *chunk)).rowcount
+        return removed
+
+    def fill_manifest_refs(self, batch: int = 500) -> None:
+        """The references of manifests recorded before manifest_refs existed (migration)."""
+        after = ("", 0)
+        while True:
+            rows = self.all("SELECT namespace, seq, manifest FROM manifests WHERE (namespace, "
+                            "seq) > (?, ?) ORDER BY namespace, seq LIMIT ?", (*after, batch))
+            self.many("INSERT INTO manifest_refs (namespace, seq, path) VALUES (?, ?, ?)",
+                      ((row[0], row[1], path) for row in rows
+                       for path in manifest_paths(json.loads(row[2]))))
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def manifests(self, namespace: str, limit: int) -> list:
         return self.all("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
@@ -952,30 +1013,59 @@ class Records:
         return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq < ? "
                         "ORDER BY seq DESC LIMIT 1", (namespace, seq))
 
-    def prune_namespace(self, namespace: str, now: float, retention: int) -> dict:
-        """Retention for one namespace (after lock_namespace).
+    def retention_mark(self) -> float:
+        """Every object last written before this time has been judged by retention (and
+        is queued in unjudged_objects again when it may have lost its last reference)."""
+        mark = self.setting("retention_judged_until")
+        return float("-inf") if mark is None else float(mark)
+
+    def namespaces_to_prune(self, cutoff: float, judged_until: float) -> list[str]:
+        """Live namespaces where something may have expired: an oldest manifest beyond
+        the newest KEEP_MANIFESTS that is older than `cutoff` (versions are recorded in
+        time order), objects that crossed the cutoff since `judged_until`, or queued ones.
+        A few index lookups per namespace; no manifest is read."""
+        return [row[0] for row in self.all(
+            "SELECT name FROM namespaces n WHERE deleted_at IS NULL AND (EXISTS (SELECT 1 "
+            "FROM manifests m WHERE m.namespace = n.name AND m.created_at < ? AND m.seq = "
+            "(SELECT min(seq) FROM manifests WHERE namespace = n.name) AND m.seq <= (SELECT "
+            "max(seq) FROM manifests WHERE namespace = n.name) - ?) OR EXISTS (SELECT 1 FROM "
+            "objects o WHERE o.namespace = n.name AND o.updated_at >= ? AND o.updated_at < ?) "
+            "OR EXISTS (SELECT 1 FROM unjudged_objects u WHERE u.namespace = n.name)) "
+            "ORDER BY name", (cutoff, KEEP_MANIFESTS, judged_until, cutoff))]
+
+    def prune_namespace(self, namespace: str, cutoff: float, judged_until: float,
+                        limit: int) -> dict:
+        """Retention for one namespace (after lock_namespace), at most `limit` manifests
+        and `limit` objects at a time (call again while it removes `limit` of either).
 
         Manifests older than the window are dropped beyond the newest KEEP_MANIFESTS;
         an object goes only when no kept manifest references it and it was last
-        written before the window (an upload in progress writes objects first).
+        written before the window (an upload in progress writes objects first). Only
+        objects that crossed the window since `judged_until`, or were queued, are looked at.
         """
-        cutoff = now - retention
-        manifests_removed = self.run(
-            "DELETE FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
-            "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ?",
-            (namespace, cutoff, namespace, KEEP_MANIFESTS)).rowcount
-        keep = manifest_paths(stored_metadata(self.namespace(namespace)))
-        for row in self.all("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
-            keep |= manifest_paths(json.loads(row[0]))
-        doomed = [row for row in self.all(
-            "SELECT path, size, payload_id FROM objects WHERE namespace = ? AND updated_at < ?",
-            (namespace, cutoff)) if row["path"] not in keep]
+        manifests_removed = self.drop_manifests(namespace, (row[0] for row in self.all(
+            "SELECT seq FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
+            "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ? ORDER BY seq LIMIT ?",
+            (namespace, cutoff, namespace, KEEP_MANIFESTS, limit))))
+        doomed = self.all(
+            "SELECT path, size, payload_id FROM objects o WHERE namespace = ? AND updated_at "
+            "< ? AND (updated_at >= ? OR path IN (SELECT path FROM unjudged_objects WHERE "
+            "namespace = ?)) AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE "
+            "r.namespace = o.namespace AND r.path = o.path) ORDER BY path LIMIT ?",
+            (namespace, cutoff, judged_until, namespace, limit))
+        more = manifests_removed == limit or len(doomed) == limit
+        if doomed:  # the current manifest is always a kept one; this is a second guard
+            current = manifest_paths(stored_metadata(self.namespace(namespace)))
+            doomed = [row for row in doomed if row["path"] not in current]
         self.many("DELETE FROM objects WHERE namespace = ? AND path = ?",
                   ((namespace, row["path"]) for row in doomed))
         self.drop_payloads(row["payload_id"] for row in doomed)
+        more = more and bool(manifests_removed or doomed)
+        if not more:
+            self.run("DELETE FROM unjudged_objects WHERE namespace = ?", (namespace,))
         return {"objectsRemoved": len(doomed),
                 "bytesReclaimed": sum(row["size"] for row in doomed),
-                "manifestsRemoved": manifests_removed}
+                "manifestsRemoved": manifests_removed, "more": more}
 
     def copy_snapshot_fields(self) -> None:
         """Schema 2 keeps a snapshot's revision and such beside it, copied once from the
@@ -1392,21 +1482,39 @@ def set_blob_metadata(metadata: dict, *, revision, digest, size, uploaded, conte
             metadata[key] = value
 
 
+PRUNE_BATCH = 200  # manifests or objects removed in one transaction
+
+
 def collect_garbage(store: "Store", retention: int, now: float | None = None) -> dict | None:
-    """Retention over every namespace that is not soft-deleted, one transaction each ->
-    what was removed, or None when another process is applying it right now."""
-    now = time.time() if now is None else now
+    """Retention over every namespace that is not soft-deleted -> what was removed, or
+    None when another process is applying it right now.
+
+    Only namespaces where something may have expired are visited, in small transactions
+    with a pause after each (as long as it took), so that sync writes keep their turn."""
+    cutoff = (time.time() if now is None else now) - retention
     totals = {"objectsRemoved": 0, "bytesReclaimed": 0, "manifestsRemoved": 0}
     with store.exclusively("retention") as ours:
         if not ours:
             return None
         with store.read() as tx:
-            names = tx.live_namespaces()
+            judged_until = tx.retention_mark()
+            names = tx.namespaces_to_prune(cutoff, judged_until)
+        log.debug("retention: %d namespaces to look at", len(names))
         for name in names:
-            with store.write() as tx:
-                tx.lock_namespace(name, now)
-                for key, value in tx.prune_namespace(name, now, retention).items():
+            more = True
+            while more:
+                started = time.monotonic()
+                with store.write() as tx:
+                    row = tx.lock_namespace(name)
+                    if row is None or row["deleted_at"] is not None:
+                        break
+                    removed = tx.prune_namespace(name, cutoff, judged_until, PRUNE_BATCH)
+                more = removed.pop("more")
+                for key, value in removed.items():
                     totals[key] += value
+                time.sleep(min(time.monotonic() - started, 0.1))
+        with store.write() as tx:
+            tx.set_setting("retention_judged_until", repr(cutoff))
     store.release_free_pages()
     if totals["objectsRemoved"] or totals["manifestsRemoved"]:
         log.info("retention: removed %d objects (%d bytes) and %d old manifests",
@@ -2335,6 +2443,8 @@ def migrate(store: Store) -> None:
                 store.run_ddl(tx, MIGRATIONS[number])
                 if number == 1:
                     tx.copy_snapshot_fields()
+                if "CREATE TABLE manifest_refs" in MIGRATIONS[number]:
+                    tx.fill_manifest_refs()
                 store.set_schema_version(tx, number + 1)
                 log.info("database schema migrated to version %d", number + 1)
     except StoreError:
