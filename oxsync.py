@@ -963,9 +963,10 @@ class Records:
              token_id, rollback_of, json_body(metadata).decode(), namespace))
         paths = sorted(manifest_paths(metadata))
         if paths:  # the seq just taken, so that the seq need not travel back and forth
+            values = ", ".join("(?)" for _ in paths)
             self.run("INSERT INTO manifest_refs (namespace, seq, path) SELECT ?, (SELECT "
                      "max(seq) FROM manifests WHERE namespace = ?), column1 FROM (VALUES "
-                     + ", ".join("(?)" for _ in paths) + ") AS paths", (namespace, namespace, *paths))
+                     f"{values}) AS paths", (namespace, namespace, *paths))
         return inserted.fetchone()[0]
 
     def drop_manifests(self, namespace: str, seqs) -> int:
