@@ -703,7 +703,7 @@ MIGRATIONS = [
         path TEXT NOT NULL,
         PRIMARY KEY (namespace, seq, path)
     );
-    CREATE INDEX manifest_refs_by_path ON manifest_refs (namespace, path);
+    CREATE INDEX manifest_refs_by_path ON manifest_refs (namespace, path, seq);
     CREATE TABLE unjudged_objects ( -- objects retention must look at again: their last
         namespace TEXT NOT NULL,    -- reference went with a dropped manifest, or their
         path TEXT NOT NULL,         -- namespace was restored
@@ -1483,7 +1483,25 @@ def set_blob_metadata(metadata: dict, *, revision, digest, size, uploaded, conte
             metadata[key] = value
 
 
-PRUNE_BATCH = 200  # manifests or objects removed in one transaction
+PRUNE_BATCH = 32  # manifests and objects removed in one transaction
+
+
+def prune_some(tx: Records, names: list[str], cutoff: float, judged_until: float,
+               totals: dict) -> None:
+    """Retention for the namespaces at the end of `names` until PRUNE_BATCH rows were
+    removed (one transaction); each namespace done is taken off the list."""
+    budget = PRUNE_BATCH
+    while names and budget > 0:
+        row = tx.lock_namespace(names[-1])
+        if row is None or row["deleted_at"] is not None:
+            names.pop()
+            continue
+        removed = tx.prune_namespace(names[-1], cutoff, judged_until, budget)
+        if not removed.pop("more"):
+            names.pop()
+        for key, value in removed.items():
+            totals[key] += value
+        budget -= max(1, removed["objectsRemoved"] + removed["manifestsRemoved"])
 
 
 def collect_garbage(store: "Store", retention: int, now: float | None = None) -> dict | None:
@@ -1501,19 +1519,13 @@ def collect_garbage(store: "Store", retention: int, now: float | None = None) ->
             judged_until = tx.retention_mark()
             names = tx.namespaces_to_prune(cutoff, judged_until)
         log.debug("retention: %d namespaces to look at", len(names))
-        for name in names:
-            more = True
-            while more:
-                started = time.monotonic()
-                with store.write() as tx:
-                    row = tx.lock_namespace(name)
-                    if row is None or row["deleted_at"] is not None:
-                        break
-                    removed = tx.prune_namespace(name, cutoff, judged_until, PRUNE_BATCH)
-                more = removed.pop("more")
-                for key, value in removed.items():
-                    totals[key] += value
-                time.sleep(min(time.monotonic() - started, 0.1))
+        names.reverse()
+        while names:
+            started = time.monotonic()
+            with store.write() as tx:
+                prune_some(tx, names, cutoff, judged_until, totals)
+            store.checkpoint()  # else a sync write's commit may have to copy what we wrote
+            time.sleep(min(time.monotonic() - started, 0.1))
         with store.write() as tx:
             tx.set_setting("retention_judged_until", repr(cutoff))
     store.release_free_pages()
