@@ -747,8 +747,8 @@ class Records:
     one namespace take turns (whichever process they run in).
     """
 
-    def __init__(self, store: "Store", connection):
-        self.store, self.db = store, connection
+    def __init__(self, store: "Store", connection, pipeline=None):
+        self.store, self.db, self.pipeline = store, connection, pipeline
 
     # -- plumbing ------------------------------------------------------------
 
@@ -764,6 +764,13 @@ class Records:
     def value(self, sql: str, params=()):
         row = self.one(sql, params)
         return None if row is None else row[0]
+
+    def count(self, sql: str, params=()) -> int:
+        """Run a change -> the rows it changed (waiting for its answer in a pipeline)."""
+        cursor = self.run(sql, params)
+        if self.pipeline is not None:
+            self.pipeline.sync()
+        return cursor.rowcount
 
     def many(self, sql: str, rows) -> None:
         rows = list(rows)
@@ -803,8 +810,8 @@ class Records:
 
     def create_namespace(self, name: str, now: float) -> bool:
         """An empty namespace -> False when it exists already."""
-        return self.run("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO NOTHING", (name, now)).rowcount > 0
+        return self.count("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
+                          "ON CONFLICT (name) DO NOTHING", (name, now)) > 0
 
     def live_namespaces(self) -> list[str]:
         return [row[0] for row in self.all("SELECT name FROM namespaces "
@@ -835,8 +842,8 @@ class Records:
             self.run("INSERT INTO unjudged_objects (namespace, path) SELECT namespace, path "
                      "FROM objects WHERE namespace = ? ON CONFLICT (namespace, path) DO NOTHING",
                      (name,))
-        return self.run("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
-                        (time.time() if deleted else None, name)).rowcount > 0
+        return self.count("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
+                          (time.time() if deleted else None, name)) > 0
 
     def save_metadata(self, namespace: str, metadata: dict, now: float) -> None:
         self.run("UPDATE namespaces SET metadata = ?, etag = ?, updated_at = ? WHERE name = ?",
@@ -985,8 +992,8 @@ class Records:
                      "ON CONFLICT (namespace, path) DO NOTHING", (namespace, *chunk, *chunk))
             self.run(f"DELETE FROM manifest_refs WHERE namespace = ? AND seq IN ({listed})",
                      (namespace, *chunk))
-            removed += self.run(f"DELETE FROM manifests WHERE namespace = ? AND seq IN "
-                                f"({listed})", (namespace, *chunk)).rowcount
+            removed += self.count(f"DELETE FROM manifests WHERE namespace = ? AND seq IN "
+                                  f"({listed})", (namespace, *chunk))
         return removed
 
     def fill_manifest_refs(self, batch: int = 500) -> None:
@@ -1129,11 +1136,11 @@ class Records:
         if not changes or set(changes) - set(self.TOKEN_FIELDS):
             raise ValueError(f"cannot change {sorted(changes)} of a token")
         values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
-        return self.run(f"UPDATE tokens SET {', '.join(f'{c} = ?' for c in changes)} "
-                        "WHERE id = ?", (*values, token_id)).rowcount > 0
+        return self.count(f"UPDATE tokens SET {', '.join(f'{c} = ?' for c in changes)} "
+                          "WHERE id = ?", (*values, token_id)) > 0
 
     def delete_token(self, token_id: str) -> bool:
-        return self.run("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+        return self.count("DELETE FROM tokens WHERE id = ?", (token_id,)) > 0
 
     def add_token_use(self, uses: dict[str, list]) -> None:
         """uses: token id -> [count, last time, namespace, ip, client version]."""
@@ -1163,9 +1170,10 @@ class Records:
 
     def insert_admin_user(self, username: str, password_hash: str, now: float) -> bool:
         """-> False when the name is taken."""
-        return self.run("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
-                        "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO NOTHING",
-                        (username, password_hash, now, now)).rowcount > 0
+        return self.count("INSERT INTO admin_users (username, password_hash, enabled, "
+                          "created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
+                          "ON CONFLICT (username) DO NOTHING",
+                          (username, password_hash, now, now)) > 0
 
     def set_admin_user(self, username: str, *, password_hash: str | None = None,
                        enabled: bool | None = None, now: float) -> None:
@@ -1209,8 +1217,8 @@ class Records:
     def clear_login_failures(self, ip: str | None = None) -> int:
         """Forget failed logins (of one address, or all) -> rows removed."""
         if ip is None:
-            return self.run("DELETE FROM login_failures").rowcount
-        return self.run("DELETE FROM login_failures WHERE ip = ?", (ip,)).rowcount
+            return self.count("DELETE FROM login_failures")
+        return self.count("DELETE FROM login_failures WHERE ip = ?", (ip,))
 
     def locked_addresses(self, now: float) -> list:
         return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
@@ -2270,25 +2278,39 @@ class PostgresStore(Store):
     def write(self):
         """BEGIN ... COMMIT, then the change counter moves on (after the commit: a reader
         that saw the old count has read the old rows or the new ones, never kept stale
-        rows under the new count). A COMMIT whose answer never came leaves the change in
-        doubt: that is said as it is (500), not as a 503 to retry blindly."""
+        rows under the new count).
+
+        In pipeline mode: a statement goes out with the next one whose answer is needed,
+        so BEGIN and the namespace's lock travel with its first read, and COMMIT with the
+        counter's advance and whatever changes came last: one round trip each. A failed
+        statement's error may therefore surface at a later read or at COMMIT; either way
+        nothing is stored. A COMMIT whose answer never came (the connection went) leaves
+        the change in doubt: that is said as it is (500), not as a 503 to retry blindly."""
         with self._errors():
-            db = self._get()
+            db, committing = self._get(), False
+            pipelining = db.pipeline()
             try:
+                pipeline = pipelining.__enter__()
                 db.execute("BEGIN")
-                yield Records(self, db)
-            except BaseException:
+                yield Records(self, db, pipeline)
+                committing = True
+                db.execute("COMMIT")
+                db.execute("SELECT nextval('oxsync_changes')")
+                pipelining.__exit__(None, None, None)
+            except BaseException as error:
+                if db.closed or db.broken:
+                    db.close()
+                    # An answer from the server (an error code) says COMMIT did not run:
+                    # a backend ends only between statements, and answers in order.
+                    if committing and isinstance(error, self.psycopg.OperationalError) \
+                            and error.sqlstate is None:
+                        raise StoreError(self.IN_DOUBT) from error
+                    raise
+                with contextlib.suppress(Exception):
+                    pipelining.__exit__(type(error), error, None)
                 with contextlib.suppress(Exception):
                     db.execute("ROLLBACK")
-                self._put(db)
                 raise
-            try:
-                db.execute("COMMIT")
-            except self.psycopg.OperationalError as error:
-                db.close()
-                raise StoreError(self.IN_DOUBT) from error
-            try:
-                db.execute("SELECT nextval('oxsync_changes')")
             finally:
                 self._put(db)
 
@@ -2308,7 +2330,9 @@ class PostgresStore(Store):
     def run_ddl(self, tx: "Records", script: str) -> None:
         for pattern, replacement in self.DDL_TYPES:
             script = re.sub(pattern, replacement, script)
-        tx.db.execute(script)
+        for statement in script.split(";\n"):  # one at a time: a pipeline runs no scripts
+            if statement.strip():
+                tx.run(statement)
 
     # -- locks ---------------------------------------------------------------------
 

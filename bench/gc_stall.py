@@ -194,7 +194,8 @@ def main(argv=None) -> int:
              "--namespace", "*", *where], capture_output=True, text=True,
             check=True).stdout.split()[0]
         port = harness.free_port()
-        env = {**os.environ, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+        env = {**os.environ, "ADMIN_PASSWORD": ADMIN_PASSWORD,
+               "REQUEST_TIMEOUT_SECONDS": "3600"}  # a full pass here takes minutes
         server = harness.start_process(
             [sys.executable, args.oxsync, "serve", "--listen", f"{harness.HOST}:{port}",
              *where], folder / "server.log", env=env)
