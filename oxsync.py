@@ -2188,6 +2188,7 @@ class PostgresStore(Store):
                  (r"\bINTEGER\b", "BIGINT"), (r"\bREAL\b", "DOUBLE PRECISION"),
                  (r"\bBLOB\b", "BYTEA"), (r"-- postgres: ", "")]
     SEQUENCES = ("payloads", "conflicts")  # their ids come from an identity column
+    PAYLOAD_IDS = 64  # payload ids a process takes from the sequence at once
     IN_DOUBT = ("the database connection was lost while committing; the change may or may "
                 "not have been stored: read it back before retrying")
 
@@ -2202,6 +2203,8 @@ class PostgresStore(Store):
         self._stamp_turn = threading.Condition()
         self._stamp_reading, self._stamp_reads, self._stamp_done = False, 0, 0
         self._stamp_value = None
+        self._payload_ids: list[int] = []
+        self._payload_ids_lock = threading.Lock()
         with self._errors("connect to"):
             self._put(self._get())
         migrate(self)
@@ -2409,11 +2412,23 @@ class PostgresStore(Store):
     def write_payload(self, db, stored, key_id: str | None, payload_id: int | None) -> int:
         data = bytes(stored)
         if payload_id is None:
-            return db.execute("INSERT INTO payloads (key_id, data) VALUES (%s, %s) "
-                              "RETURNING id", (key_id, data)).fetchone()[0]
+            payload_id = self._new_payload_id(db)
+            db.execute("INSERT INTO payloads (id, key_id, data) VALUES (%s, %s, %s)",
+                       (payload_id, key_id, data))
+            return payload_id
         db.execute("UPDATE payloads SET key_id = %s, data = %s WHERE id = %s",
                    (key_id, data, payload_id))
         return payload_id
+
+    def _new_payload_id(self, db) -> int:
+        """An id from the payloads' identity sequence, taken PAYLOAD_IDS at a time so that
+        an insert need not wait for RETURNING (ids are unique, and gaps are harmless)."""
+        with self._payload_ids_lock:
+            if not self._payload_ids:
+                self._payload_ids = [row[0] for row in db.execute(
+                    "SELECT nextval(pg_get_serial_sequence('payloads', 'id')) "
+                    "FROM generate_series(1, %s)", (self.PAYLOAD_IDS,)).fetchall()][::-1]
+            return self._payload_ids.pop()
 
     def read_payload(self, db, payload_id: int) -> bytes:
         row = db.cursor(binary=True).execute("SELECT data FROM payloads WHERE id = %s",
