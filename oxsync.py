@@ -4660,6 +4660,7 @@ def admin_rollback(request, ns):
 @route("POST", "/admin/api/gc")
 def admin_gc(request):
     admin_session(request)
+    request.app.watch.forget(request.connection)  # a long pass gives way to syncs: no cut
     result = collect_garbage(request.app.store, request.app.config.object_retention_seconds)
     if result is None:
         raise HTTPError(409, "another oxsync process is running the cleanup right now; "
