@@ -727,7 +727,8 @@ class Sealer:
 # locking, schema versions, and how a change made elsewhere is noticed.
 
 # MIGRATIONS[n] upgrades a database from schema version n to n + 1. The DDL is
-# SQLite's; PostgresStore.DDL_TYPES renames its few SQLite-only types.
+# SQLite's; PostgresStore.DDL_TYPES renames its few SQLite-only types and runs what
+# follows "-- postgres: " (a comment to SQLite).
 MIGRATIONS = [
     """
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -881,12 +882,30 @@ MIGRATIONS = [
     CREATE INDEX namespaces_by_last_write ON namespaces ((coalesce(updated_at, 0)), name);
     CREATE INDEX namespaces_by_versions ON namespaces (version_count, name);
     """,
+    """
+    CREATE TABLE manifest_refs (    -- the object paths each kept manifest names (retention)
+        namespace TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (namespace, seq, path)
+    );
+    CREATE INDEX manifest_refs_by_path ON manifest_refs (namespace, path, seq);
+    CREATE TABLE unjudged_objects ( -- objects retention must look at again: their last
+        namespace TEXT NOT NULL,    -- reference went with a dropped manifest, or their
+        path TEXT NOT NULL,         -- namespace was restored
+        PRIMARY KEY (namespace, path)
+    );
+    -- Payloads are mostly sealed or compressed by the client already: PostgreSQL need not
+    -- try to compress them again.
+    -- postgres: ALTER TABLE payloads ALTER COLUMN data SET STORAGE EXTERNAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
 TABLES = {"settings": "key", "namespaces": "name", "payloads": "id", "blobs": "namespace",
           "blob_versions": "namespace, seq", "objects": "namespace, path",
-          "manifests": "namespace, seq", "tokens": "id", "conflicts": "id",
+          "manifests": "namespace, seq", "manifest_refs": "namespace, seq, path",
+          "unjudged_objects": "namespace, path", "tokens": "id", "conflicts": "id",
           "admin_users": "username", "login_failures": "ip", "ended_sessions": "session_id",
           "devices": "namespace, device_id"}
 PAYLOAD_OWNERS = ("blobs", "blob_versions", "objects")  # each payload has exactly one
@@ -899,6 +918,7 @@ NAMESPACE_COUNTERS = ("blob_bytes", "object_count", "object_bytes", "history_cou
                       "history_bytes", "version_count")
 NAMESPACE_COLUMNS = ("n.*, EXISTS (SELECT 1 FROM blobs b WHERE b.namespace = n.name) "
                      "AS has_blob")
+SQL_LIST_BATCH = 256  # values in one IN (...) list
 KEEP_CONFLICTS = 10000
 
 # Listings (admin API, CLI): each sort names the keys rows are ordered by, the last one
@@ -971,8 +991,8 @@ class Records:
     one namespace take turns (whichever process they run in).
     """
 
-    def __init__(self, store: "Store", connection):
-        self.store, self.db = store, connection
+    def __init__(self, store: "Store", connection, pipeline=None):
+        self.store, self.db, self.pipeline = store, connection, pipeline
 
     # -- plumbing ------------------------------------------------------------
 
@@ -993,6 +1013,13 @@ class Records:
         """all(), with PostgreSQL sending bytes as they are rather than as hex text."""
         return self.store.binary_cursor(self.db).execute(self.store.sql(sql),
                                                          params).fetchall()
+
+    def count(self, sql: str, params=()) -> int:
+        """Run a change -> the rows it changed (waiting for its answer in a pipeline)."""
+        cursor = self.run(sql, params)
+        if self.pipeline is not None:
+            self.pipeline.sync()
+        return cursor.rowcount
 
     def many(self, sql: str, rows) -> None:
         rows = list(rows)
@@ -1032,8 +1059,8 @@ class Records:
 
     def create_namespace(self, name: str, now: float) -> bool:
         """An empty namespace -> False when it exists already."""
-        return self.run("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO NOTHING", (name, now)).rowcount > 0
+        return self.count("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
+                          "ON CONFLICT (name) DO NOTHING", (name, now)) > 0
 
     def namespace_names(self) -> list[str]:
         """Every namespace's name, deleted ones too (after lock_namespace_names)."""
@@ -1079,9 +1106,14 @@ class Records:
                  (name, metadata, etag, created_at, updated_at, deleted_at))
 
     def set_namespace_deleted(self, name: str, deleted: bool) -> bool:
-        """Soft delete or restore -> False when there is no such namespace."""
-        return self.run("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
-                        (time.time() if deleted else None, name)).rowcount > 0
+        """Soft delete or restore -> False when there is no such namespace. Retention
+        passes over a deleted namespace, so a restored one has all its objects judged."""
+        if not deleted:
+            self.run("INSERT INTO unjudged_objects (namespace, path) SELECT namespace, path "
+                     "FROM objects WHERE namespace = ? ON CONFLICT (namespace, path) DO NOTHING",
+                     (name,))
+        return self.count("UPDATE namespaces SET deleted_at = ? WHERE name = ?",
+                          (time.time() if deleted else None, name)) > 0
 
     def save_metadata(self, namespace: str, metadata: dict, now: float) -> None:
         self.run("UPDATE namespaces SET metadata = ?, etag = ?, updated_at = ? WHERE name = ?",
@@ -1098,7 +1130,8 @@ class Records:
         with self.store.erasing(self.db):
             self.drop_payloads(row[0] for row in owned)
         for table, column in (("objects", "namespace"), ("blobs", "namespace"),
-                              ("blob_versions", "namespace"), ("manifests", "namespace"),
+                              ("blob_versions", "namespace"), ("manifest_refs", "namespace"),
+                              ("manifests", "namespace"), ("unjudged_objects", "namespace"),
                               ("conflicts", "namespace"), ("devices", "namespace"),
                               ("namespaces", "name")):
             self.run(f"DELETE FROM {table} WHERE {column} = ?", (name,))
@@ -1206,16 +1239,58 @@ class Records:
 
     def record_manifest(self, namespace: str, metadata: dict, now: float,
                         token_id: str | None, rollback_of: int | None = None) -> int:
-        """Every accepted manifest becomes a version in the namespace's history -> its seq."""
-        seq = self.value("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
-                         (namespace,))
-        self.run("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
-                 "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
-                  text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
-                  token_id, rollback_of, json_body(metadata).decode()))
+        """Every accepted manifest becomes a version in the namespace's history, with the
+        object paths it references (manifest_refs, for retention) -> its seq."""
+        inserted = self.run(
+            "INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
+            "format, token_id, rollback_of, manifest) SELECT ?, coalesce(max(seq), 0) + 1, "
+            "?, ?, ?, ?, ?, ?, ?, ? FROM manifests WHERE namespace = ? RETURNING seq",
+            (namespace, now, metadata["etag"], text_or_none(metadata.get("revision")),
+             text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
+             token_id, rollback_of, json_body(metadata).decode(), namespace))
+        paths = sorted(manifest_paths(metadata))
+        if paths:  # the seq just taken, so that the seq need not travel back and forth
+            values = ", ".join("(?)" for _ in paths)
+            self.run("INSERT INTO manifest_refs (namespace, seq, path) SELECT ?, (SELECT "
+                     "max(seq) FROM manifests WHERE namespace = ?), column1 FROM (VALUES "
+                     f"{values}) AS paths", (namespace, namespace, *paths))
         self.add_to_counters(namespace, version_count=1)
-        return seq
+        return inserted.fetchone()[0]
+
+    def drop_manifests(self, namespace: str, seqs) -> int:
+        """Remove versions from the history (after lock_namespace), with their references;
+        an object that no kept version references any more is queued for retention to
+        judge -> versions removed."""
+        removed = 0
+        seqs = sorted(set(seqs))
+        for start in range(0, len(seqs), SQL_LIST_BATCH):
+            chunk = seqs[start:start + SQL_LIST_BATCH]
+            listed = ", ".join("?" for _ in chunk)
+            self.run("INSERT INTO unjudged_objects (namespace, path) SELECT DISTINCT namespace, "
+                     f"path FROM manifest_refs r WHERE namespace = ? AND seq IN ({listed}) AND "
+                     "NOT EXISTS (SELECT 1 FROM manifest_refs k WHERE k.namespace = r.namespace "
+                     f"AND k.path = r.path AND k.seq NOT IN ({listed})) "
+                     "ON CONFLICT (namespace, path) DO NOTHING", (namespace, *chunk, *chunk))
+            self.run(f"DELETE FROM manifest_refs WHERE namespace = ? AND seq IN ({listed})",
+                     (namespace, *chunk))
+            removed += self.count(f"DELETE FROM manifests WHERE namespace = ? AND seq IN "
+                                  f"({listed})", (namespace, *chunk))
+        if removed:
+            self.add_to_counters(namespace, version_count=-removed)
+        return removed
+
+    def fill_manifest_refs(self, batch: int = 500) -> None:
+        """The references of manifests recorded before manifest_refs existed (migration)."""
+        after = ("", 0)
+        while True:
+            rows = self.all("SELECT namespace, seq, manifest FROM manifests WHERE (namespace, "
+                            "seq) > (?, ?) ORDER BY namespace, seq LIMIT ?", (*after, batch))
+            self.many("INSERT INTO manifest_refs (namespace, seq, path) VALUES (?, ?, ?)",
+                      ((row[0], row[1], path) for row in rows
+                       for path in manifest_paths(json.loads(row[2]))))
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def manifests(self, namespace: str, limit: int) -> list:
         return self.all("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
@@ -1229,32 +1304,61 @@ class Records:
         return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq < ? "
                         "ORDER BY seq DESC LIMIT 1", (namespace, seq))
 
-    def prune_namespace(self, namespace: str, now: float, retention: int) -> dict:
-        """Retention for one namespace (after lock_namespace).
+    def retention_mark(self) -> float:
+        """Every object last written before this time has been judged by retention (and
+        is queued in unjudged_objects again when it may have lost its last reference)."""
+        mark = self.setting("retention_judged_until")
+        return float("-inf") if mark is None else float(mark)
+
+    def namespaces_to_prune(self, cutoff: float, judged_until: float) -> list[str]:
+        """Live namespaces where something may have expired: an oldest manifest beyond
+        the newest KEEP_MANIFESTS that is older than `cutoff` (versions are recorded in
+        time order), objects that crossed the cutoff since `judged_until`, or queued ones.
+        A few index lookups per namespace; no manifest is read."""
+        return [row[0] for row in self.all(
+            "SELECT name FROM namespaces n WHERE deleted_at IS NULL AND (EXISTS (SELECT 1 "
+            "FROM manifests m WHERE m.namespace = n.name AND m.created_at < ? AND m.seq = "
+            "(SELECT min(seq) FROM manifests WHERE namespace = n.name) AND m.seq <= (SELECT "
+            "max(seq) FROM manifests WHERE namespace = n.name) - ?) OR EXISTS (SELECT 1 FROM "
+            "objects o WHERE o.namespace = n.name AND o.updated_at >= ? AND o.updated_at < ?) "
+            "OR EXISTS (SELECT 1 FROM unjudged_objects u WHERE u.namespace = n.name)) "
+            "ORDER BY name", (cutoff, KEEP_MANIFESTS, judged_until, cutoff))]
+
+    def prune_namespace(self, namespace: str, cutoff: float, judged_until: float,
+                        limit: int) -> dict:
+        """Retention for one namespace (after lock_namespace), at most `limit` manifests
+        and `limit` objects at a time (call again while it removes `limit` of either).
 
         Manifests older than the window are dropped beyond the newest KEEP_MANIFESTS;
         an object goes only when no kept manifest references it and it was last
-        written before the window (an upload in progress writes objects first).
+        written before the window (an upload in progress writes objects first). Only
+        objects that crossed the window since `judged_until`, or were queued, are looked at.
         """
-        cutoff = now - retention
-        manifests_removed = self.run(
-            "DELETE FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
-            "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ?",
-            (namespace, cutoff, namespace, KEEP_MANIFESTS)).rowcount
-        keep = manifest_paths(stored_metadata(self.namespace(namespace)))
-        for row in self.all("SELECT manifest FROM manifests WHERE namespace = ?", (namespace,)):
-            keep |= manifest_paths(json.loads(row[0]))
-        doomed = [row for row in self.all(
-            "SELECT path, size, payload_id FROM objects WHERE namespace = ? AND updated_at < ?",
-            (namespace, cutoff)) if row["path"] not in keep]
+        manifests_removed = self.drop_manifests(namespace, (row[0] for row in self.all(
+            "SELECT seq FROM manifests WHERE namespace = ? AND created_at < ? AND seq <= "
+            "(SELECT max(seq) FROM manifests WHERE namespace = ?) - ? ORDER BY seq LIMIT ?",
+            (namespace, cutoff, namespace, KEEP_MANIFESTS, limit))))
+        doomed = self.all(
+            "SELECT path, size, payload_id FROM objects o WHERE namespace = ? AND updated_at "
+            "< ? AND (updated_at >= ? OR path IN (SELECT path FROM unjudged_objects WHERE "
+            "namespace = ?)) AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE "
+            "r.namespace = o.namespace AND r.path = o.path) ORDER BY path LIMIT ?",
+            (namespace, cutoff, judged_until, namespace, limit))
+        more = manifests_removed == limit or len(doomed) == limit
+        if doomed:  # the current manifest is always a kept one; this is a second guard
+            current = manifest_paths(stored_metadata(self.namespace(namespace)))
+            doomed = [row for row in doomed if row["path"] not in current]
         self.many("DELETE FROM objects WHERE namespace = ? AND path = ?",
                   ((namespace, row["path"]) for row in doomed))
         self.drop_payloads(row["payload_id"] for row in doomed)
         self.add_to_counters(namespace, object_count=-len(doomed), object_bytes=-sum(
-            row["size"] for row in doomed), version_count=-manifests_removed)
+            row["size"] for row in doomed))
+        more = more and bool(manifests_removed or doomed)
+        if not more:
+            self.run("DELETE FROM unjudged_objects WHERE namespace = ?", (namespace,))
         return {"objectsRemoved": len(doomed),
                 "bytesReclaimed": sum(row["size"] for row in doomed),
-                "manifestsRemoved": manifests_removed}
+                "manifestsRemoved": manifests_removed, "more": more}
 
     def copy_snapshot_fields(self) -> None:
         """Schema 2 keeps a snapshot's revision and such beside it, copied once from the
@@ -1340,11 +1444,11 @@ class Records:
         if not changes or set(changes) - set(self.TOKEN_FIELDS):
             raise ValueError(f"cannot change {sorted(changes)} of a token")
         values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
-        return self.run(f"UPDATE tokens SET {', '.join(f'{c} = ?' for c in changes)} "
-                        "WHERE id = ?", (*values, token_id)).rowcount > 0
+        return self.count(f"UPDATE tokens SET {', '.join(f'{c} = ?' for c in changes)} "
+                          "WHERE id = ?", (*values, token_id)) > 0
 
     def delete_token(self, token_id: str) -> bool:
-        return self.run("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+        return self.count("DELETE FROM tokens WHERE id = ?", (token_id,)) > 0
 
     def add_token_use(self, uses: dict[str, list]) -> None:
         """uses: token id -> [count, last time, namespace, ip, client version]."""
@@ -1406,9 +1510,10 @@ class Records:
 
     def insert_admin_user(self, username: str, password_hash: str, now: float) -> bool:
         """-> False when the name is taken."""
-        return self.run("INSERT INTO admin_users (username, password_hash, enabled, created_at, "
-                        "updated_at) VALUES (?, ?, 1, ?, ?) ON CONFLICT (username) DO NOTHING",
-                        (username, password_hash, now, now)).rowcount > 0
+        return self.count("INSERT INTO admin_users (username, password_hash, enabled, "
+                          "created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
+                          "ON CONFLICT (username) DO NOTHING",
+                          (username, password_hash, now, now)) > 0
 
     def set_admin_user(self, username: str, *, password_hash: str | None = None,
                        enabled: bool | None = None, now: float) -> None:
@@ -1449,8 +1554,8 @@ class Records:
     def clear_login_failures(self, ip: str | None = None) -> int:
         """Forget failed logins (of one address, or all) -> rows removed."""
         if ip is None:
-            return self.run("DELETE FROM login_failures").rowcount
-        return self.run("DELETE FROM login_failures WHERE ip = ?", (ip,)).rowcount
+            return self.count("DELETE FROM login_failures")
+        return self.count("DELETE FROM login_failures WHERE ip = ?", (ip,))
 
     def locked_addresses(self, now: float) -> list:
         return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
@@ -1798,21 +1903,51 @@ def drop_unkept(metadata: dict, unkept: tuple[str, ...]) -> dict:
     return metadata
 
 
+PRUNE_BATCH = 32  # manifests and objects removed in one transaction
+
+
+def prune_some(tx: Records, names: list[str], cutoff: float, judged_until: float,
+               totals: dict) -> None:
+    """Retention for the namespaces at the end of `names` until PRUNE_BATCH rows were
+    removed (one transaction); each namespace done is taken off the list."""
+    budget = PRUNE_BATCH
+    while names and budget > 0:
+        row = tx.lock_namespace(names[-1])
+        if row is None or row["deleted_at"] is not None:
+            names.pop()
+            continue
+        removed = tx.prune_namespace(names[-1], cutoff, judged_until, budget)
+        if not removed.pop("more"):
+            names.pop()
+        for key, value in removed.items():
+            totals[key] += value
+        budget -= max(1, removed["objectsRemoved"] + removed["manifestsRemoved"])
+
+
 def collect_garbage(store: "Store", retention: int, now: float | None = None) -> dict | None:
-    """Retention over every namespace that is not soft-deleted, one transaction each ->
-    what was removed, or None when another process is applying it right now."""
-    now = time.time() if now is None else now
+    """Retention over every namespace that is not soft-deleted -> what was removed, or
+    None when another process is applying it right now.
+
+    Only namespaces where something may have expired are visited, in small transactions
+    with a pause after each (as long as it took), so that sync writes keep their turn."""
+    cutoff = (time.time() if now is None else now) - retention
     totals = {"objectsRemoved": 0, "bytesReclaimed": 0, "manifestsRemoved": 0}
     with store.exclusively("retention") as ours:
         if not ours:
             return None
         with store.read() as tx:
-            names = tx.live_namespaces()
-        for name in names:
+            judged_until = tx.retention_mark()
+            names = tx.namespaces_to_prune(cutoff, judged_until)
+        log.debug("retention: %d namespaces to look at", len(names))
+        names.reverse()
+        while names:
+            started = time.monotonic()
             with store.write() as tx:
-                tx.lock_namespace(name, now)
-                for key, value in tx.prune_namespace(name, now, retention).items():
-                    totals[key] += value
+                prune_some(tx, names, cutoff, judged_until, totals)
+            store.checkpoint()  # else a sync write's commit may have to copy what we wrote
+            time.sleep(min(time.monotonic() - started, 0.1))
+        with store.write() as tx:
+            tx.set_setting("retention_judged_until", repr(cutoff))
     store.release_free_pages()
     if totals["objectsRemoved"] or totals["manifestsRemoved"]:
         log.info("retention: removed %d objects (%d bytes) and %d old manifests",
@@ -2807,8 +2942,9 @@ class PostgresStore(Store):
     DDL_TYPES = [(r"\bINTEGER PRIMARY KEY\b",
                   "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
                  (r"\bINTEGER\b", "BIGINT"), (r"\bREAL\b", "DOUBLE PRECISION"),
-                 (r"\bBLOB\b", "BYTEA")]
+                 (r"\bBLOB\b", "BYTEA"), (r"-- postgres: ", "")]
     SEQUENCES = ("payloads", "conflicts")  # their ids come from an identity column
+    PAYLOAD_IDS = 64  # payload ids a process takes from the sequence at once
     IN_DOUBT = ("the database connection was lost while committing; the change may or may "
                 "not have been stored: read it back before retrying")
 
@@ -2823,6 +2959,8 @@ class PostgresStore(Store):
         self._stamp_turn = threading.Condition()
         self._stamp_reading, self._stamp_reads, self._stamp_done = False, 0, 0
         self._stamp_value = None
+        self._payload_ids: list[int] = []
+        self._payload_ids_lock = threading.Lock()
         with self._errors("connect to"):
             self._put(self._get())
         migrate(self)
@@ -2903,25 +3041,39 @@ class PostgresStore(Store):
     def write(self):
         """BEGIN ... COMMIT, then the change counter moves on (after the commit: a reader
         that saw the old count has read the old rows or the new ones, never kept stale
-        rows under the new count). A COMMIT whose answer never came leaves the change in
-        doubt: that is said as it is (500), not as a 503 to retry blindly."""
+        rows under the new count).
+
+        In pipeline mode: a statement goes out with the next one whose answer is needed,
+        so BEGIN and the namespace's lock travel with its first read, and COMMIT with the
+        counter's advance and whatever changes came last: one round trip each. A failed
+        statement's error may therefore surface at a later read or at COMMIT; either way
+        nothing is stored. A COMMIT whose answer never came (the connection went) leaves
+        the change in doubt: that is said as it is (500), not as a 503 to retry blindly."""
         with self._errors():
-            db = self._get()
+            db, committing = self._get(), False
+            pipelining = db.pipeline()
             try:
+                pipeline = pipelining.__enter__()
                 db.execute("BEGIN")
-                yield Records(self, db)
-            except BaseException:
+                yield Records(self, db, pipeline)
+                committing = True
+                db.execute("COMMIT")
+                db.execute("SELECT nextval('oxsync_changes')")
+                pipelining.__exit__(None, None, None)
+            except BaseException as error:
+                if db.closed or db.broken:
+                    db.close()
+                    # An answer from the server (an error code) says COMMIT did not run:
+                    # a backend ends only between statements, and answers in order.
+                    if committing and isinstance(error, self.psycopg.OperationalError) \
+                            and error.sqlstate is None:
+                        raise StoreError(self.IN_DOUBT) from error
+                    raise
+                with contextlib.suppress(Exception):
+                    pipelining.__exit__(type(error), error, None)
                 with contextlib.suppress(Exception):
                     db.execute("ROLLBACK")
-                self._put(db)
                 raise
-            try:
-                db.execute("COMMIT")
-            except self.psycopg.OperationalError as error:
-                db.close()
-                raise StoreError(self.IN_DOUBT) from error
-            try:
-                db.execute("SELECT nextval('oxsync_changes')")
             finally:
                 self._put(db)
 
@@ -2941,7 +3093,9 @@ class PostgresStore(Store):
     def run_ddl(self, tx: "Records", script: str) -> None:
         for pattern, replacement in self.DDL_TYPES:
             script = re.sub(pattern, replacement, script)
-        tx.db.execute(script)
+        for statement in script.split(";\n"):  # one at a time: a pipeline runs no scripts
+            if statement.strip():
+                tx.run(statement)
 
     # -- locks ---------------------------------------------------------------------
 
@@ -3014,14 +3168,26 @@ class PostgresStore(Store):
     def write_payload(self, db, stored, key_id: str | None, payload_id: int | None) -> int:
         data = bytes(stored)
         if payload_id is None:
-            return db.execute("INSERT INTO payloads (key_id, data) VALUES (%s, %s) "
-                              "RETURNING id", (key_id, data)).fetchone()[0]
+            payload_id = self._new_payload_id(db)
+            db.execute("INSERT INTO payloads (id, key_id, data) VALUES (%s, %s, %s)",
+                       (payload_id, key_id, data))
+            return payload_id
         db.execute("UPDATE payloads SET key_id = %s, data = %s WHERE id = %s",
                    (key_id, data, payload_id))
         return payload_id
 
     def binary_cursor(self, db):
         return db.cursor(binary=True)
+
+    def _new_payload_id(self, db) -> int:
+        """An id from the payloads' identity sequence, taken PAYLOAD_IDS at a time so that
+        an insert need not wait for RETURNING (ids are unique, and gaps are harmless)."""
+        with self._payload_ids_lock:
+            if not self._payload_ids:
+                self._payload_ids = [row[0] for row in db.execute(
+                    "SELECT nextval(pg_get_serial_sequence('payloads', 'id')) "
+                    "FROM generate_series(1, %s)", (self.PAYLOAD_IDS,)).fetchall()][::-1]
+            return self._payload_ids.pop()
 
     def read_payload(self, db, payload_id: int) -> bytes:
         row = self.binary_cursor(db).execute("SELECT data FROM payloads WHERE id = %s",
@@ -3096,6 +3262,8 @@ def migrate(store: Store) -> None:
                 store.run_ddl(tx, MIGRATIONS[number])
                 if number == 1:
                     tx.copy_snapshot_fields()
+                if "CREATE TABLE manifest_refs" in MIGRATIONS[number]:
+                    tx.fill_manifest_refs()
                 store.set_schema_version(tx, number + 1)
                 log.info("database schema migrated to version %d", number + 1)
     except StoreError:
@@ -5565,6 +5733,7 @@ def admin_rollback(request, ns):
 @route("POST", "/admin/api/gc")
 def admin_gc(request):
     admin_session(request)
+    request.app.watch.forget(request.connection)  # a long pass gives way to syncs: no cut
     result = collect_garbage(request.app.store, request.app.config.object_retention_seconds)
     if result is None:
         raise HTTPError(409, "another oxsync process is running the cleanup right now; "

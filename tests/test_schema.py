@@ -39,6 +39,9 @@ def make_v1_database(path) -> None:
                ('{"exists":true,"revision":"r1","etag":"e1","contentLength":12}', now, now))
     db.execute("INSERT INTO blobs VALUES ('team/a', 1, 12, 'x', ?)", (now,))
     db.execute("INSERT INTO objects VALUES ('team/a', 'a.json', 2, 10, 'o1', NULL, ?)", (now,))
+    db.execute("INSERT INTO manifests (namespace, seq, created_at, etag, manifest) VALUES "
+               "('team/a', 1, ?, 'e0', ?)", (now, '{"sections":{"connections":{"path":'
+                                                  '"a.json"},"app":{"x":{"path":"b.json"}}}}'))
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -61,6 +64,9 @@ def test_an_older_database_is_migrated_forward(make_server):
     assert '"revision": "r1"' in history
     with sqlite3.connect(server.db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == oxsync.SCHEMA_VERSION
+        # the references of manifests stored before they were recorded (retention)
+        assert db.execute("SELECT seq, path FROM manifest_refs WHERE namespace = 'team/a' "
+                          "ORDER BY path").fetchall() == [(1, "a.json"), (1, "b.json")]
 
 
 def test_a_newer_database_is_refused(make_server):
