@@ -4089,8 +4089,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # say so in this answer: the server is stopping
         if self.path.startswith("/v1/"):
             response.headers.extend(self.app.cors_headers(self.headers.get("Origin")))
-        self.write_response(response)
+        # Noted before the answer leaves, so whoever got the answer finds it in the list.
         self.app.devices.observe(self, response)
+        self.write_response(response)
         self.app.log_access(self, route.template if route else "-", response,
                             time.perf_counter() - started)
 
