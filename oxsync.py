@@ -6614,9 +6614,9 @@ class Tally:
 
 
 class RepeatLimit:
-    """Warnings and errors from the same line of code at most once per INTERVAL seconds;
-    the next one that passes says how many were left out. (A flood of refused requests
-    must not become a flood of log lines.)"""
+    """Warnings from the same line of code at most once per INTERVAL seconds; the next one
+    that passes says how many were left out. (A flood of refused requests must not become a
+    flood of log lines.) Errors are each written: every one may need the operator."""
 
     INTERVAL = 10.0
 
@@ -6625,7 +6625,7 @@ class RepeatLimit:
         self.skipped: dict[tuple, int] = {}
 
     def __call__(self, record) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno != logging.WARNING:
             return True
         key, now = (record.name, record.msg), time.monotonic()
         if now < self.next_allowed.get(key, 0.0):
