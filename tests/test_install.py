@@ -102,10 +102,11 @@ def test_metadata_has_the_extras(venv, tmp_path):
                           env=clean_env()).stdout)
     assert meta["version"] == source_version()
     assert meta["license"] == "AGPL-3.0-only"
-    assert sorted(meta["extras"]) == ["encryption", "postgres"]
+    assert sorted(meta["extras"]) == ["encryption", "postgres", "reference-import"]
     requires = " ".join(meta["requires"])
     assert 'cryptography; extra == "encryption"' in requires, requires
     assert 'psycopg[binary]; extra == "postgres"' in requires, requires
+    assert 'xxhash; extra == "reference-import"' in requires, requires
     assert meta["python"] == ">=3.11"
 
 
