@@ -79,8 +79,9 @@ def copy_store(server, target, *more: str, check: bool = True) -> subprocess.Com
 
 def fill(server, token: str) -> None:
     """2,500 objects (3 batches of rows), 3 MiB snapshots kept in history (payload batches
-    are cut at 8 MiB), manifests, a conflict, an admin user, a failed login and an ended
-    session: a row in every table."""
+    are cut at 8 MiB), manifests and the objects they name, a conflict, a device, a restored
+    namespace (its objects queued for retention), an admin user, a failed login and an
+    ended session: a row in every table."""
     connection = server.connect()
     for number in range(2500):
         namespace = f"copy/{number % 5}"
@@ -92,18 +93,25 @@ def fill(server, token: str) -> None:
     connection.close()
     for number in range(4):
         answer = server.request("PUT", ns_path("copy/0", "blob"), os.urandom(3 * MiB),
-                                {"X-OxideTerm-Revision": f"snap-{number}"}, token=token)
+                                {"X-OxideTerm-Revision": f"snap-{number}",
+                                 "X-OxideTerm-Device-Id": "laptop-1"}, token=token)
         assert answer.status == 200, answer
     etag = None
     for number in range(5):
         answer = server.request("PUT", ns_path("copy/1", "metadata"),
-                                {"revision": f"r{number}", "sections": {}, "note": 0.1 * number},
+                                {"revision": f"r{number}", "format": "structured-v2",
+                                 "sections": {"connections": {
+                                     "revision": f"c{number}",
+                                     "path": f"structured/Zeta/{2 * number + 1:05d}.json"}},
+                                 "note": 0.1 * number},
                                 token=token)
         assert answer.status == 200, answer
         etag = answer.json["etag"]
     stale = server.request("PUT", ns_path("copy/1", "metadata"), {"revision": "late"},
                            {"If-Match": quoted(etag + "x")}, token=token)
     assert stale.status == 412, stale
+    server.cli("namespace", "delete", "copy/2")
+    server.cli("namespace", "restore", "copy/2")
     admin = AdminClient(server)
     admin.login()
     assert admin.post("/admin/api/logout").status in (200, 204)
