@@ -282,6 +282,15 @@ SERVER_OPTIONS = STORE_OPTIONS + [
            "unreferenced objects and old manifests are kept at least this long"),
     Option("BLOB_HISTORY", "--blob-history", parse_count, "3",
            "previous snapshots kept per namespace, restorable with 'namespace rollback'"),
+    Option("MAX_NAMESPACE_BYTES", "--max-namespace-bytes", parse_count, str(256 * MiB),
+           "bytes of snapshot and objects one namespace may hold (0: no limit); a write "
+           "beyond it answers 507 namespace_quota_exceeded"),
+    Option("MAX_HISTORY_BYTES", "--max-history-bytes", parse_count, str(64 * MiB),
+           "bytes of history (earlier manifests and snapshots) kept per namespace; past it "
+           "the oldest go, whatever their age (0: bounded by age only)"),
+    Option("MAX_NAMESPACES_PER_TOKEN", "--max-namespaces-per-token", parse_count, "100",
+           "namespaces one token may bring into being by syncing (0: no limit; "
+           "administrators can always create more)"),
     Option("METRICS_TOKEN", "--metrics-token", parse_secret, "",
            "bearer token for GET /metrics (Prometheus); /metrics is off without it"),
     Option("REQUEST_TIMEOUT_SECONDS", "--request-timeout-seconds", parse_positive, "30",
@@ -375,6 +384,9 @@ class Config:
     default_token_ttl_seconds: int | None = None
     object_retention_seconds: int = 2592000
     blob_history: int = 3
+    max_namespace_bytes: int = 256 * MiB
+    max_history_bytes: int = 64 * MiB
+    max_namespaces_per_token: int = 100
     metrics_token: bytes | None = None
     request_timeout_seconds: int = 30
     max_connections: int = 512
@@ -579,6 +591,27 @@ class Sealer:
 # this section (SQLiteStore, PostgresStore): connecting, placeholders, payload bytes,
 # locking, schema versions, and how a change made elsewhere is noticed.
 
+# Quotas count what a namespace costs on disk: each object, manifest and snapshot
+# (current or kept) its bytes plus ITEM_BYTES for its row and index entries, an object
+# its path too, so a flood of empty items also reaches the limit. namespaces.used_bytes
+# (snapshot and objects: MAX_NAMESPACE_BYTES) and history_bytes (manifests and kept
+# snapshots: MAX_HISTORY_BYTES) are kept in step by the Records methods that write
+# those rows, so a write checks its quota without summing rows; USAGE_COLUMNS
+# recounts them from the rows (the migration, and after retention).
+ITEM_BYTES = 256
+
+
+def usage_sum(table: str, charge: str) -> str:
+    return (f"coalesce((SELECT sum({charge} + {ITEM_BYTES}) FROM {table} t "
+            "WHERE t.namespace = namespaces.name), 0)")
+
+
+USAGE_COLUMNS = (f"used_bytes = {usage_sum('blobs', 'size')} + "
+                 f"{usage_sum('objects', 'size + length(path)')}, "
+                 f"history_bytes = {usage_sum('manifests', 'size')} + "
+                 f"{usage_sum('blob_versions', 'size')}")
+
+
 # MIGRATIONS[n] upgrades a database from schema version n to n + 1. The DDL is
 # SQLite's; PostgresStore.DDL_TYPES renames its few SQLite-only types.
 MIGRATIONS = [
@@ -696,6 +729,15 @@ MIGRATIONS = [
         expires_at REAL NOT NULL
     );
     """,
+    f"""
+    ALTER TABLE manifests ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE manifests SET size = length(manifest);
+    ALTER TABLE namespaces ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN history_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN created_by TEXT;
+    CREATE INDEX namespaces_by_token ON namespaces (created_by);
+    UPDATE namespaces SET {USAGE_COLUMNS};
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
@@ -775,15 +817,42 @@ class Records:
     def namespace(self, name: str):
         return self.one("SELECT * FROM namespaces WHERE name = ?", (name,))
 
-    def lock_namespace(self, name: str, now: float | None = None):
+    def lock_namespace(self, name: str, now: float | None = None,
+                       created_by: str | None = None):
         """Take the namespace's write turn -> its row (created empty at `now` if it is new
-        and `now` is given), or None."""
+        and `now` is given, noting the token whose write made it), or None."""
         self.lock(f"namespace {name}")
         row = self.namespace(name)
         if row is None and now is not None:
-            row = self.one("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
-                           "RETURNING *", (name, now))
+            row = self.one("INSERT INTO namespaces (name, created_at, created_by) "
+                           "VALUES (?, ?, ?) RETURNING *", (name, now, created_by))
         return row
+
+    def lock_token_namespaces(self, token_id: str) -> int:
+        """Take the token's turn to bring namespaces into being -> how many it has."""
+        self.lock(f"token namespaces {token_id}")
+        return self.value("SELECT count(*) FROM namespaces WHERE created_by = ?", (token_id,))
+
+    def namespaces_per_token(self) -> dict[str, int]:
+        return dict(self.all("SELECT created_by, count(*) FROM namespaces "
+                             "WHERE created_by IS NOT NULL GROUP BY created_by"))
+
+    def add_usage(self, namespace: str, used: int = 0, history: int = 0) -> None:
+        """Keep the namespace's byte counts in step with a change of its rows (see
+        ITEM_BYTES)."""
+        if used or history:
+            self.run("UPDATE namespaces SET used_bytes = used_bytes + ?, "
+                     "history_bytes = history_bytes + ? WHERE name = ?",
+                     (used, history, namespace))
+
+    def usage(self, namespace: str) -> tuple[int, int]:
+        """(used_bytes, history_bytes) as this transaction sees them."""
+        return tuple(self.one("SELECT used_bytes, history_bytes FROM namespaces "
+                              "WHERE name = ?", (namespace,)))
+
+    def recount_usage(self, namespace: str) -> None:
+        """Recount the byte counts from the rows (after retention removed some)."""
+        self.run(f"UPDATE namespaces SET {USAGE_COLUMNS} WHERE name = ?", (namespace,))
 
     def create_namespace(self, name: str, now: float) -> bool:
         """An empty namespace -> False when it exists already."""
@@ -806,7 +875,7 @@ class Records:
             "AS object_bytes, (SELECT count(*) FROM blob_versions v "
             "WHERE v.namespace = n.name) AS history_count, "
             "(SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blob_versions v "
-            "WHERE v.namespace = n.name) AS history_bytes, "
+            "WHERE v.namespace = n.name) AS snapshot_history_bytes, "
             "(SELECT count(*) FROM manifests m WHERE m.namespace = n.name) AS version_count "
             f"FROM namespaces n LEFT JOIN blobs b ON b.namespace = n.name {where} "
             "ORDER BY n.name", params)
@@ -871,10 +940,16 @@ class Records:
     def put_blob(self, namespace: str, now: float, payload_id: int, revision: str,
                  device_id: str | None, section_revisions: str | None,
                  content_type: str | None, size: int, digest: str) -> None:
+        self.add_usage(namespace, used=size - self.blob_charge(namespace) + ITEM_BYTES)
         self.run(f"INSERT INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {BLOB_UPSERT}",
                  (namespace, now, payload_id, revision, device_id, section_revisions,
                   content_type, size, digest))
+
+    def blob_charge(self, namespace: str) -> int:
+        """What the current snapshot counts in used_bytes (0 when there is none)."""
+        size = self.value("SELECT size FROM blobs WHERE namespace = ?", (namespace,))
+        return 0 if size is None else size + ITEM_BYTES
 
     def keep_blob_version(self, namespace: str, keep: int) -> None:
         """Move the current snapshot into blob_versions (its payload stays where it is), or
@@ -883,14 +958,23 @@ class Records:
             self.run("DELETE FROM payloads WHERE id = (SELECT payload_id FROM blobs "
                      "WHERE namespace = ?)", (namespace,))
             return
-        kept = self.value(f"INSERT INTO blob_versions (namespace, seq, created_at, "
-                          f"{BLOB_COLUMNS}) SELECT namespace, (SELECT coalesce(max(seq), 0) + 1 "
-                          f"FROM blob_versions WHERE namespace = ?), updated_at, {BLOB_COLUMNS} "
-                          "FROM blobs WHERE namespace = ? RETURNING seq", (namespace, namespace))
+        kept = self.one(f"INSERT INTO blob_versions (namespace, seq, created_at, "
+                        f"{BLOB_COLUMNS}) SELECT namespace, (SELECT coalesce(max(seq), 0) + 1 "
+                        f"FROM blob_versions WHERE namespace = ?), updated_at, {BLOB_COLUMNS} "
+                        "FROM blobs WHERE namespace = ? RETURNING seq, size",
+                        (namespace, namespace))
         if kept:
-            dropped = self.all("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
-                               "RETURNING payload_id", (namespace, kept - keep))
-            self.drop_payloads(row[0] for row in dropped)
+            self.drop_blob_versions(namespace, kept["seq"] - keep)
+            self.add_usage(namespace, history=kept["size"] + ITEM_BYTES)
+
+    def drop_blob_versions(self, namespace: str, up_to_seq: int) -> int:
+        """Drop the kept snapshots up to `up_to_seq` -> bytes they counted."""
+        dropped = self.all("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
+                           "RETURNING payload_id, size", (namespace, up_to_seq))
+        self.drop_payloads(row[0] for row in dropped)
+        freed = sum(row[1] + ITEM_BYTES for row in dropped)
+        self.add_usage(namespace, history=-freed)
+        return freed
 
     def blob_version(self, namespace: str, seq: int):
         return self.one("SELECT * FROM blob_versions WHERE namespace = ? AND seq = ?",
@@ -902,6 +986,9 @@ class Records:
 
     def restore_blob_version(self, namespace: str, seq: int, now: float) -> None:
         """Make a kept snapshot version the current snapshot (after keep_blob_version)."""
+        size = self.blob_version(namespace, seq)["size"]
+        self.add_usage(namespace, used=size + ITEM_BYTES - self.blob_charge(namespace),
+                       history=-size - ITEM_BYTES)
         self.run(f"INSERT INTO blobs (namespace, updated_at, {BLOB_COLUMNS}) "
                  f"SELECT namespace, ?, {BLOB_COLUMNS} FROM blob_versions "
                  f"WHERE namespace = ? AND seq = ? {BLOB_UPSERT}", (now, namespace, seq))
@@ -914,6 +1001,10 @@ class Records:
 
     def put_object(self, namespace: str, path: str, payload_id: int, size: int, etag: str,
                    content_type: str | None, now: float) -> None:
+        before = self.value("SELECT size FROM objects WHERE namespace = ? AND path = ?",
+                            (namespace, path))
+        self.add_usage(namespace, used=size - (before if before is not None else
+                                               -len(path) - ITEM_BYTES))
         self.run("INSERT INTO objects (namespace, path, payload_id, size, etag, content_type, "
                  "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, path) "
                  "DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size, "
@@ -933,16 +1024,63 @@ class Records:
         """Every accepted manifest becomes a version in the namespace's history -> its seq."""
         seq = self.value("SELECT coalesce(max(seq), 0) + 1 FROM manifests WHERE namespace = ?",
                          (namespace,))
+        stored = json_body(metadata)
         self.run("INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
-                 "format, token_id, rollback_of, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "format, token_id, rollback_of, manifest, size) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (namespace, seq, now, metadata["etag"], text_or_none(metadata.get("revision")),
                   text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
-                  token_id, rollback_of, json_body(metadata).decode()))
+                  token_id, rollback_of, stored.decode(), len(stored)))
+        self.add_usage(namespace, history=len(stored) + ITEM_BYTES)
         return seq
 
-    def manifests(self, namespace: str, limit: int) -> list:
-        return self.all("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
-                        (namespace, limit))
+    def drop_manifests(self, namespace: str, seqs) -> int:
+        """Remove these versions from the history (every removal of a manifest row goes
+        through here, so what depends on them stays in step) -> how many went."""
+        dropped = [row for seq in seqs for row in self.all(
+            "DELETE FROM manifests WHERE namespace = ? AND seq = ? RETURNING size",
+            (namespace, seq))]
+        self.add_usage(namespace, history=-sum(row[0] + ITEM_BYTES for row in dropped))
+        return len(dropped)
+
+    def trim_history(self, namespace: str, max_bytes: int, keep_newest: int) -> dict:
+        """Drop the oldest kept manifests and snapshots (by time, whatever their age)
+        until the history counts at most `max_bytes`, never the newest `keep_newest`
+        manifests -> {"manifests": n, "snapshots": n, "bytes": freed}."""
+        trimmed = {"manifests": 0, "snapshots": 0, "bytes": 0}
+        excess = self.usage(namespace)[1] - max_bytes
+        while excess > 0:
+            oldest = self.all(
+                "SELECT * FROM (SELECT 'manifest' AS kind, seq, created_at, size "
+                "FROM manifests WHERE namespace = ? AND seq <= (SELECT max(seq) "
+                "FROM manifests WHERE namespace = ?) - ? ORDER BY seq LIMIT 256) AS m "
+                "UNION ALL SELECT 'snapshot', seq, created_at, size FROM blob_versions "
+                "WHERE namespace = ? ORDER BY created_at, seq LIMIT 256",
+                (namespace, namespace, keep_newest, namespace))
+            if not oldest:
+                break
+            doomed = []
+            for row in oldest:
+                if excess <= 0:
+                    break
+                doomed.append(row)
+                excess -= row["size"] + ITEM_BYTES
+            manifests = [row["seq"] for row in doomed if row["kind"] == "manifest"]
+            snapshots = [row["seq"] for row in doomed if row["kind"] == "snapshot"]
+            self.drop_manifests(namespace, manifests)
+            if snapshots:
+                self.drop_blob_versions(namespace, max(snapshots))
+            trimmed["manifests"] += len(manifests)
+            trimmed["snapshots"] += len(snapshots)
+            trimmed["bytes"] += sum(row["size"] + ITEM_BYTES for row in doomed)
+        return trimmed
+
+    def manifests(self, namespace: str, limit: int, before: int | None = None,
+                  columns: str = "*") -> list:
+        """The newest `limit` versions (those before seq `before`, when given)."""
+        return self.all(f"SELECT {columns} FROM manifests WHERE namespace = ? AND seq < ? "
+                        "ORDER BY seq DESC LIMIT ?",
+                        (namespace, (1 << 62) if before is None else before, limit))
 
     def manifest(self, namespace: str, seq: int):
         return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq = ?",
@@ -1167,7 +1305,7 @@ def text_or_none(value) -> str | None:
 
 def namespace_view(row) -> dict:
     metadata = json.loads(row["metadata"]) if row["metadata"] else {}
-    total = row["blob_bytes"] + row["object_bytes"] + row["history_bytes"]
+    total = row["blob_bytes"] + row["object_bytes"] + row["snapshot_history_bytes"]
     return {
         "name": row["name"], "deleted": row["deleted_at"] is not None,
         "deletedAt": rfc3339(row["deleted_at"]) if row["deleted_at"] else None,
@@ -1178,8 +1316,9 @@ def namespace_view(row) -> dict:
         "hasSnapshot": bool(row["has_blob"]),
         "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
         "objectBytes": row["object_bytes"], "snapshotHistoryCount": row["history_count"],
-        "snapshotHistoryBytes": row["history_bytes"], "versionCount": row["version_count"],
-        "totalBytes": total}
+        "snapshotHistoryBytes": row["snapshot_history_bytes"],
+        "versionCount": row["version_count"], "totalBytes": total,
+        "usedBytes": row["used_bytes"], "historyBytes": row["history_bytes"]}
 
 
 def stored_metadata(row) -> dict:
@@ -1287,19 +1426,45 @@ def version_view(tx: Records, row, manifest: dict, previous: dict | None, curren
             "manifest": manifest, **compare_manifests(manifest, previous)}
 
 
-def namespace_history(tx: Records, namespace: str, limit: int = 50) -> dict:
-    """Manifest versions (newest first) with what changed, the current snapshot and the
-    kept earlier snapshots."""
+HISTORY_PAGE_VERSIONS = 100     # the most versions one history answer holds
+HISTORY_PAGE_BYTES = 2 * MiB    # about the most bytes of versions it holds (at least one)
+
+
+def history_page_rows(tx: Records, namespace: str, limit: int, before: int | None) -> list:
+    """The page's manifest rows, plus the one before the last (to compare it with): only
+    as many as HISTORY_PAGE_BYTES holds, judged by their sizes before reading them."""
+    sizes = tx.manifests(namespace, limit + 1, before, columns="seq, size")
+    count, total = 0, 0
+    while count < min(limit, len(sizes)) and (count == 0 or
+                                              total + sizes[count][1] <= HISTORY_PAGE_BYTES):
+        total += sizes[count][1]
+        count += 1
+    return tx.manifests(namespace, count + 1, before)
+
+
+def namespace_history(tx: Records, namespace: str, limit: int = 50,
+                      before: int | None = None) -> dict:
+    """A page of manifest versions (newest first; with `before`, those older than that
+    seq) with what changed, the current snapshot and the kept earlier snapshots. A page
+    holds at most HISTORY_PAGE_VERSIONS versions and about HISTORY_PAGE_BYTES; when more
+    versions follow, `nextBefore` is the `before` of the next page (else null)."""
     current = tx.namespace(namespace)
     if current is None:
         raise LookupError(f"no namespace named {namespace!r}")
-    rows = tx.manifests(namespace, limit + 1)
+    limit = min(max(limit, 1), HISTORY_PAGE_VERSIONS)
+    rows = history_page_rows(tx, namespace, limit, before)
     manifests = [json.loads(row["manifest"]) for row in rows]
     token_names = {row["id"]: row["name"] for row in tx.tokens()}
-    versions = [version_view(tx, row, manifests[index],
-                             manifests[index + 1] if index + 1 < len(manifests) else None,
-                             current["etag"], token_names)
-                for index, row in enumerate(rows[:limit])]
+    versions, size = [], 0
+    for index, row in enumerate(rows[:limit]):
+        view = version_view(tx, row, manifests[index],
+                            manifests[index + 1] if index + 1 < len(manifests) else None,
+                            current["etag"], token_names)
+        size += len(json_body(view))
+        if versions and size > HISTORY_PAGE_BYTES:
+            break
+        versions.append(view)
+    more = len(rows) > len(versions)
     metadata = stored_metadata(current)
     snapshot = None
     if tx.blob(namespace) is not None:
@@ -1310,7 +1475,8 @@ def namespace_history(tx: Records, namespace: str, limit: int = 50) -> dict:
               "revision": row["revision"], "deviceId": row["device_id"], "size": row["size"],
               "sha256": row["sha256"], "current": False} for row in tx.blob_versions(namespace)]
     return {"namespace": namespace, "versions": versions, "snapshot": snapshot,
-            "blobVersions": blobs}
+            "blobVersions": blobs, "hasMore": more,
+            "nextBefore": versions[-1]["seq"] if more else None}
 
 
 def namespace_version(tx: Records, namespace: str, seq: int) -> dict:
@@ -1407,11 +1573,55 @@ def collect_garbage(store: "Store", retention: int, now: float | None = None) ->
                 tx.lock_namespace(name, now)
                 for key, value in tx.prune_namespace(name, now, retention).items():
                     totals[key] += value
+                tx.recount_usage(name)
     store.release_free_pages()
     if totals["objectsRemoved"] or totals["manifestsRemoved"]:
         log.info("retention: removed %d objects (%d bytes) and %d old manifests",
                  totals["objectsRemoved"], totals["bytesReclaimed"], totals["manifestsRemoved"])
     return totals
+
+
+# The newest versions of a namespace's history are kept whatever MAX_HISTORY_BYTES says:
+# the current manifest and the three before it (a few syncs back). At most 4 x 256 KiB.
+KEEP_NEWEST_VERSIONS = 4
+TRIM_LOG_SECONDS = 60
+
+
+class TrimNotes:
+    """Trims of one namespace's history are logged at most once a TRIM_LOG_SECONDS:
+    a flooding writer trims on every write and must not flood the log as well."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending: dict[str, list] = {}  # namespace -> [next line, manifests, snapshots, bytes]
+
+    def note(self, namespace: str, trimmed: dict, max_bytes: int) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(namespace, [0.0, 0, 0, 0])
+            pending[1:] = [pending[1] + trimmed["manifests"], pending[2] + trimmed["snapshots"],
+                           pending[3] + trimmed["bytes"]]
+            if time.monotonic() < pending[0]:
+                return
+            manifests, snapshots, freed = pending[1:]
+            self._pending[namespace] = [time.monotonic() + TRIM_LOG_SECONDS, 0, 0, 0]
+        log.warning("history of namespace %r reached MAX_HISTORY_BYTES (%d bytes): dropped "
+                    "its %d oldest manifests and %d oldest kept snapshots (%d bytes) since "
+                    "the last such line; raise MAX_HISTORY_BYTES to keep more", namespace,
+                    max_bytes, manifests, snapshots, freed)
+
+
+trim_notes = TrimNotes()
+
+
+def trim_history(tx: Records, namespace: str, max_bytes: int) -> int:
+    """Bound the namespace's history in bytes, in the write's own transaction (0: bounded
+    by age only) -> versions dropped."""
+    if not max_bytes:
+        return 0
+    trimmed = tx.trim_history(namespace, max_bytes, KEEP_NEWEST_VERSIONS)
+    if trimmed["bytes"]:
+        trim_notes.note(namespace, trimmed, max_bytes)
+    return trimmed["manifests"] + trimmed["snapshots"]
 
 
 # -- encryption keys (operator commands) ----------------------------------------
@@ -3274,6 +3484,9 @@ class Server(http.server.ThreadingHTTPServer):
             self._refusers.release()
 
 
+QUOTA_LIMITS = ("namespace_bytes", "namespaces_per_token")  # refusal counters in /metrics
+
+
 class Metrics:
     """Request counters and latencies for /metrics, in Prometheus text format."""
 
@@ -3284,12 +3497,19 @@ class Metrics:
         self._pending: collections.deque = collections.deque()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
-        self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
+        self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0,
+                       "history_versions_trimmed": 0}
+        self.refusals = dict.fromkeys(QUOTA_LIMITS, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         """For rare events (conflicts, failed authentication), so a lock is fine here."""
         with self._lock:
             self.totals[name] += amount
+
+    def refused(self, limit: str) -> None:
+        """A write refused by one of QUOTA_LIMITS (rare, so a lock is fine here too)."""
+        with self._lock:
+            self.refusals[limit] += 1
 
     def observe(self, route: str, method: str, status: int, seconds: float,
                 received: int, sent: int) -> None:
@@ -3334,6 +3554,10 @@ class Metrics:
                           f'{series[-1]}']
             for name, value in self.totals.items():
                 lines += [f"# TYPE oxsync_{name}_total counter", f"oxsync_{name}_total {value}"]
+            lines += ["# HELP oxsync_quota_refusals_total Writes refused by a quota, by limit.",
+                      "# TYPE oxsync_quota_refusals_total counter"]
+            lines += [f'oxsync_quota_refusals_total{{limit="{limit}"}} {count}'
+                      for limit, count in self.refusals.items()]
         for name, value in gauges.items():
             lines += [f"# TYPE oxsync_{name} gauge", f"oxsync_{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -3549,12 +3773,55 @@ def not_modified(request, etag: str | None) -> Response | None:
     return None
 
 
-def writable_namespace(tx: Records, namespace: str, now: float):
-    """The namespace's row, with its write turn taken (created empty if it is new)."""
-    row = tx.lock_namespace(namespace, now)
+def writable_namespace(tx: Records, namespace: str, now: float, request):
+    """The namespace's row, with its write turn taken (created empty if it is new, when
+    the token may still bring a namespace into being)."""
+    row = tx.lock_namespace(namespace)
+    if row is None:
+        limit = request.app.config.max_namespaces_per_token
+        count = tx.lock_token_namespaces(request.token_id)
+        if limit and count >= limit:
+            raise quota_refusal(request, "namespaces_per_token", HTTPError(
+                403, f"this token has already created {count} namespaces, its limit "
+                     f"(MAX_NAMESPACES_PER_TOKEN = {limit}), so it cannot create "
+                     f"'{namespace}'; sync into an existing namespace, or ask the server's "
+                     "administrator to create this one or to raise MAX_NAMESPACES_PER_TOKEN",
+                code="namespace_limit_reached"))
+        row = tx.lock_namespace(namespace, now, created_by=request.token_id)
     if row["deleted_at"] is not None:
         raise namespace_deleted(namespace)
     return row
+
+
+def in_mib(size: int) -> str:
+    return f"{size / MiB:.1f} MiB"
+
+
+def check_namespace_quota(tx: Records, request, namespace: str, used_before: int) -> None:
+    """Refuse (and roll back) a write that leaves the namespace over MAX_NAMESPACE_BYTES;
+    one that does not add to its use passes, so a namespace over a lowered limit can
+    still shrink."""
+    limit = request.app.config.max_namespace_bytes
+    used = tx.usage(namespace)[0]
+    if limit and used > limit and used > used_before:
+        raise quota_refusal(request, "namespace_bytes", HTTPError(
+            507, f"namespace '{namespace}' would hold {used} bytes ({in_mib(used)}), over its "
+                 f"limit of {limit} bytes ({in_mib(limit)}, MAX_NAMESPACE_BYTES); nothing was "
+                 f"stored; ask the server's administrator to raise MAX_NAMESPACE_BYTES",
+            code="namespace_quota_exceeded"))
+
+
+def quota_refusal(request, limit: str, error: HTTPError) -> HTTPError:
+    request.app.metrics.refused(limit)
+    log.info("refused a write (token %s): %s", request.token_id, error.message)
+    return error
+
+
+def trim_after_write(tx: Records, request, namespace: str) -> None:
+    """The write's history stays within MAX_HISTORY_BYTES (see trim_history)."""
+    dropped = trim_history(tx, namespace, request.app.config.max_history_bytes)
+    if dropped:
+        request.app.metrics.add("history_versions_trimmed", dropped)
 
 
 def conflict_or_none(tx: Records, request, conditions, namespace: str, operation: str, *,
@@ -3623,7 +3890,7 @@ def put_metadata(request, ns):
         raise HTTPError(400, "metadata needs a non-empty string 'revision'")
     now = time.time()
     with app.store.write() as tx:
-        row = writable_namespace(tx, ns, now)
+        row = writable_namespace(tx, ns, now, request)
         previous = stored_metadata(row)
         conflict = conflict_or_none(tx, request, conditions, ns, "metadata",
                                     current_etag=row["etag"],
@@ -3640,6 +3907,7 @@ def put_metadata(request, ns):
                 metadata["contentHash"] = previous["contentHash"]
             tx.save_metadata(ns, metadata, now)
             tx.record_manifest(ns, metadata, now, request.token_id)
+            trim_after_write(tx, request, ns)
     if conflict:
         raise conflict
     return write_answer(metadata)
@@ -3681,7 +3949,7 @@ def put_blob(request, ns):
     del body
     now = time.time()
     with app.store.write() as tx:
-        row = writable_namespace(tx, ns, now)
+        row = writable_namespace(tx, ns, now, request)
         metadata = stored_metadata(row)
         conflict = conflict_or_none(tx, request, conditions, ns, "blob",
                                     current_etag=row["etag"],
@@ -3697,6 +3965,8 @@ def put_blob(request, ns):
             tx.put_blob(ns, now, tx.store_payload(stored, key_id), revision, device_id,
                         None if sections is None else json_body(sections).decode(),
                         content_type, size, digest)
+            check_namespace_quota(tx, request, ns, row["used_bytes"])
+            trim_after_write(tx, request, ns)
     if conflict:
         raise conflict
     return write_answer(metadata)
@@ -3732,7 +4002,7 @@ def put_object(request, ns, path):
     del body
     now = time.time()
     with app.store.write() as tx:
-        writable_namespace(tx, ns, now)
+        row = writable_namespace(tx, ns, now, request)
         existing = tx.object(ns, path)
         conflict = conflict_or_none(tx, request, conditions, ns, "object", path=path,
                                     current_etag=existing["etag"] if existing else None)
@@ -3743,6 +4013,7 @@ def put_object(request, ns, path):
             if existing:
                 tx.drop_payloads([existing["payload_id"]])
             tx.touch_namespace(ns, now)
+            check_namespace_quota(tx, request, ns, row["used_bytes"])
     if conflict:
         raise conflict
     return json_response({"ok": True, "etag": etag}, 200 if existing else 201,
@@ -4251,6 +4522,19 @@ def existing_token(tx: Records, token_id: str):
     return row
 
 
+def token_item(row, counts: dict, limit: int | None) -> dict:
+    """A token with how many namespaces its writes brought into being, and the limit
+    (MAX_NAMESPACES_PER_TOKEN, None: unlimited)."""
+    return {**token_view(row), "namespaceCount": counts.get(row["id"], 0),
+            "maxNamespaces": limit}
+
+
+def token_answer(tx: Records, token_id: str, config: Config) -> dict:
+    """One token as the admin API shows it (see token_item)."""
+    return token_item(existing_token(tx, token_id), tx.namespaces_per_token(),
+                      config.max_namespaces_per_token or None)
+
+
 def expiry_field(body: dict) -> float | None:
     value = field(body, "expiresAt", str, required=False)
     try:
@@ -4264,8 +4548,9 @@ def admin_tokens(request):
     admin_session(request)
     request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read() as tx:
-        rows = tx.tokens()
-    return json_response({"tokens": [token_view(row) for row in rows]})
+        rows, counts = tx.tokens(), tx.namespaces_per_token()
+    limit = request.app.config.max_namespaces_per_token or None
+    return json_response({"tokens": [token_item(row, counts, limit) for row in rows]})
 
 
 @route("POST", "/admin/api/tokens")
@@ -4284,11 +4569,11 @@ def admin_create_token(request):
             token_id, raw = create_token(tx, field(body, "name", str),
                                          field(body, "namespacePattern", str),
                                          ",".join(permissions), expires)
-            row = existing_token(tx, token_id)
+            view = token_answer(tx, token_id, request.app.config)
     except ValueError as error:  # BadName is a ValueError too
         raise HTTPError(400, str(error)) from None
-    audit(request, "create-token", f"id={token_id} pattern={row['namespace_pattern']!r}")
-    return json_response({"token": token_view(row), "secret": raw}, 201)
+    audit(request, "create-token", f"id={token_id} pattern={view['namespacePattern']!r}")
+    return json_response({"token": view, "secret": raw}, 201)
 
 
 @route("PATCH", "/admin/api/tokens/{token_id}")
@@ -4312,9 +4597,9 @@ def admin_update_token(request, token_id):
         existing_token(tx, token_id)
         if changes:
             tx.update_token(token_id, **changes)
-        row = existing_token(tx, token_id)
+        view = token_answer(tx, token_id, request.app.config)
     audit(request, "update-token", f"id={token_id} fields={','.join(changes) or 'none'}")
-    return json_response({"token": token_view(row)})
+    return json_response({"token": view})
 
 
 @route("DELETE", "/admin/api/tokens/{token_id}")
@@ -4333,25 +4618,35 @@ def admin_rotate_token(request, token_id):
     with request.app.store.write() as tx:
         existing_token(tx, token_id)
         raw = rotate_token(tx, token_id)
-        row = existing_token(tx, token_id)
+        view = token_answer(tx, token_id, request.app.config)
     audit(request, "rotate-token", f"id={token_id}")
-    return json_response({"token": token_view(row), "secret": raw})
+    return json_response({"token": view, "secret": raw})
 
 
 # -- namespaces, conflicts, stats -----------------------------------------------
 
-def existing_namespace(tx: Records, name: str) -> dict:
+def with_limits(view: dict, max_bytes: int, max_history_bytes: int) -> dict:
+    """A namespace's use with its limits beside it (None: unlimited): usedBytes against
+    maxBytes (MAX_NAMESPACE_BYTES), historyBytes against maxHistoryBytes."""
+    return {**view, "maxBytes": max_bytes or None, "maxHistoryBytes": max_history_bytes or None}
+
+
+def existing_namespace(tx: Records, name: str, config: Config) -> dict:
     views = tx.namespace_views(name)
     if not views:
         raise HTTPError(404, f"no namespace named {name!r}")
-    return views[0]
+    return with_limits(views[0], config.max_namespace_bytes, config.max_history_bytes)
 
 
 @route("GET", "/admin/api/namespaces")
 def admin_namespaces(request):
     admin_session(request)
     with request.app.store.read() as tx:
-        return json_response({"namespaces": tx.namespace_views()})
+        views = tx.namespace_views()
+    config = request.app.config
+    return json_response({"namespaces": [
+        with_limits(view, config.max_namespace_bytes, config.max_history_bytes)
+        for view in views]})
 
 
 @route("POST", "/admin/api/namespaces")
@@ -4364,7 +4659,7 @@ def admin_create_namespace(request):
     with request.app.store.write() as tx:
         if not tx.create_namespace(name, time.time()):
             raise HTTPError(409, f"namespace {name!r} already exists")
-        view = existing_namespace(tx, name)
+        view = existing_namespace(tx, name, request.app.config)
     audit(request, "create-namespace", f"namespace={name!r}")
     return json_response({"namespace": view}, 201)
 
@@ -4375,7 +4670,7 @@ def admin_delete_namespace(request, ns):
     hard = request.query().get("hard", "false").lower() == "true"
     with request.app.store.write() as tx:
         tx.lock_namespace(ns)
-        view = existing_namespace(tx, ns)
+        view = existing_namespace(tx, ns, request.app.config)
         if hard and not view["deleted"]:
             raise HTTPError(409, f"namespace {ns!r} must be deleted (soft) before it can be "
                                  "purged")
@@ -4383,7 +4678,7 @@ def admin_delete_namespace(request, ns):
             freed = tx.purge_namespace(ns)
         else:
             tx.set_namespace_deleted(ns, True)
-            view = existing_namespace(tx, ns)
+            view = existing_namespace(tx, ns, request.app.config)
     audit(request, "purge-namespace" if hard else "delete-namespace", f"namespace={ns!r}")
     return json_response({"ok": True, "freedBytes": freed} if hard else {"namespace": view})
 
@@ -4393,9 +4688,9 @@ def admin_restore_namespace(request, ns):
     admin_session(request)
     with request.app.store.write() as tx:
         tx.lock_namespace(ns)
-        existing_namespace(tx, ns)
+        existing_namespace(tx, ns, request.app.config)
         tx.set_namespace_deleted(ns, False)
-        view = existing_namespace(tx, ns)
+        view = existing_namespace(tx, ns, request.app.config)
     audit(request, "restore-namespace", f"namespace={ns!r}")
     return json_response({"namespace": view})
 
@@ -4440,13 +4735,16 @@ def admin_stats(request):
 @route("GET", "/admin/api/namespaces/{ns}/history")
 def admin_history(request, ns):
     admin_session(request)
+    query = request.query()
     try:
-        limit = min(max(int(request.query().get("limit", "50")), 1), 500)
+        limit = int(query.get("limit", "50"))
+        before = int(query["before"]) if "before" in query else None
     except ValueError:
-        raise HTTPError(400, "limit must be a whole number") from None
+        raise HTTPError(400, "limit and before must be whole numbers (before: the "
+                             "nextBefore of the previous page)") from None
     with request.app.store.read(snapshot=True) as tx:
         try:
-            return json_response(namespace_history(tx, ns, limit))
+            return json_response(namespace_history(tx, ns, limit, before))
         except LookupError as error:
             raise HTTPError(404, str(error)) from None
 
@@ -4480,6 +4778,8 @@ def admin_rollback(request, ns):
             else:
                 result = rollback_blob(tx, ns, blob_seq, time.time(), app.config.blob_history,
                                        dry_run=dry_run)
+            if not dry_run:
+                trim_history(tx, ns, app.config.max_history_bytes)
     except LookupError as error:
         raise HTTPError(404, str(error)) from None
     except RollbackRefused as error:
@@ -5011,14 +5311,19 @@ def cmd_token_create(args) -> int:
 
 
 def cmd_token_list(args) -> int:
+    limit = resolve_options(args, [NAMESPACES_PER_TOKEN_OPTION])["max_namespaces_per_token"]
     with cli_store(args).read() as tx:
-        tokens = [token_view(row) for row in tx.tokens()]
+        counts = tx.namespaces_per_token()
+        tokens = [token_item(row, counts, limit or None) for row in tx.tokens()]
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
+        for token in tokens:
+            token["namespaces"] = f"{token['namespaceCount']}/{limit or 'no limit'}"
         print_table(tokens, [("id", "ID"), ("name", "NAME"), ("namespacePattern", "NAMESPACES"),
                              ("permissions", "PERMISSIONS"), ("enabled", "ENABLED"),
-                             ("expiresAt", "EXPIRES"), ("useCount", "USES"),
+                             ("expiresAt", "EXPIRES"), ("namespaces", "CREATED NS"),
+                             ("useCount", "USES"),
                              ("lastUsedAt", "LAST USED"), ("lastNamespace", "LAST NAMESPACE"),
                              ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT")])
     return 0
@@ -5045,18 +5350,32 @@ def cmd_token_change(args) -> int:
     return 0
 
 
+def use_of(used: int, limit: int | None) -> str:
+    """'1.2 MiB of 256.0 MiB (0%)', or '1.2 MiB (no limit)'."""
+    if not limit:
+        return f"{in_mib(used)} (no limit)"
+    return f"{in_mib(used)} of {in_mib(limit)} ({used * 100 // limit}%)"
+
+
 def cmd_namespace_list(args) -> int:
+    settings = resolve_options(args, [NAMESPACE_BYTES_OPTION, HISTORY_BYTES_OPTION])
     with cli_store(args).read() as tx:
-        views = tx.namespace_views()
+        views = [with_limits(view, settings["max_namespace_bytes"],
+                             settings["max_history_bytes"]) for view in tx.namespace_views()]
     if args.json:
         print(json.dumps(views, indent=2))
     else:
+        for view in views:
+            view["use"] = use_of(view["usedBytes"], view["maxBytes"])
+            view["historyUse"] = use_of(view["historyBytes"], view["maxHistoryBytes"])
         print_table(views, [("name", "NAMESPACE"), ("deleted", "DELETED"), ("format", "FORMAT"),
                             ("revision", "REVISION"), ("deviceId", "DEVICE"),
                             ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
                             ("objectBytes", "OBJECT BYTES"),
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
-                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE")])
+                            ("totalBytes", "TOTAL BYTES"), ("use", "USE (MAX_NAMESPACE_BYTES)"),
+                            ("historyUse", "HISTORY (MAX_HISTORY_BYTES)"),
+                            ("lastWriteAt", "LAST WRITE")])
     return 0
 
 
@@ -5129,7 +5448,8 @@ def version_flags(version: dict, suspicious: str = "SUSPICIOUS", missing: bool =
 
 
 def cmd_namespace_history(args) -> int:
-    history = read_history(args, lambda tx: namespace_history(tx, args.namespace, args.limit))
+    history = read_history(args, lambda tx: namespace_history(tx, args.namespace, args.limit,
+                                                              args.before))
     if history is None:
         return 1
     if args.json:
@@ -5145,6 +5465,9 @@ def cmd_namespace_history(args) -> int:
         print_table(history["blobVersions"], [("seq", "VERSION"), ("createdAt", "TIME"),
                                               ("revision", "REVISION"), ("deviceId", "DEVICE"),
                                               ("size", "BYTES")])
+    if history["hasMore"]:
+        print(f"\nolder versions: oxsync namespace history {args.namespace} --before "
+              f"{history['nextBefore']}")
     print(f"\nsee one version and what it changed: oxsync namespace show {args.namespace} "
           "VERSION")
     return 0
@@ -5187,7 +5510,7 @@ def cmd_namespace_show(args) -> int:
 
 
 def cmd_namespace_rollback(args) -> int:
-    settings = resolve_options(args, [BLOB_HISTORY_OPTION])
+    settings = resolve_options(args, [BLOB_HISTORY_OPTION, HISTORY_BYTES_OPTION])
     store, dry_run = cli_store(args), not args.yes
     try:
         with store.write() as tx:
@@ -5197,6 +5520,8 @@ def cmd_namespace_rollback(args) -> int:
             else:
                 result = rollback_blob(tx, args.namespace, args.to_blob, time.time(),
                                        settings["blob_history"], dry_run=dry_run)
+            if not dry_run:
+                trim_history(tx, args.namespace, settings["max_history_bytes"])
     except (LookupError, RollbackRefused) as error:
         print(f"oxsync: {error}", file=sys.stderr)
         return 1
@@ -5296,9 +5621,11 @@ DB_OPTION, URL_OPTION, KEY_OPTION = STORE_OPTIONS
 DB_OPTIONS = [DB_OPTION, URL_OPTION]
 NEW_KEY_OPTION = Option("NEW_ENCRYPTION_KEY", "--new-key", parse_key, "",
                         "the key to re-seal every payload with (64 hex characters)")
-TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION = (
+(TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION, NAMESPACE_BYTES_OPTION,
+ HISTORY_BYTES_OPTION, NAMESPACES_PER_TOKEN_OPTION) = (
     next(o for o in SERVER_OPTIONS if o.env == name)
-    for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY"))
+    for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY",
+                 "MAX_NAMESPACE_BYTES", "MAX_HISTORY_BYTES", "MAX_NAMESPACES_PER_TOKEN"))
 # The reference server's flags, kept as aliases of the commands.
 LEGACY_FLAGS = {"--backup-to": ["backup", "--to"], "--restore-from": ["restore", "--from"],
                 "--verify-backup": ["verify-backup"]}
@@ -5341,7 +5668,8 @@ def add_token_commands(commands) -> None:
     create.add_argument("--expires-at", metavar="RFC3339",
                         help="expiry such as 2027-06-30T00:00:00Z (default: "
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
-    add_command(actions, "list", "list tokens and their use", cmd_token_list).add_argument(
+    add_command(actions, "list", "list tokens and their use", cmd_token_list,
+                (*DB_OPTIONS, NAMESPACES_PER_TOKEN_OPTION)).add_argument(
         "--json", action="store_true", help="print JSON")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
                          ("rotate", "give a token a new secret; the old one stops working"),
@@ -5352,9 +5680,10 @@ def add_token_commands(commands) -> None:
 
 def add_namespace_commands(commands) -> None:
     actions = add_group(commands, "namespace", "list and manage namespaces")
-    add_command(actions, "list", "list namespaces with sizes and last sync",
-                cmd_namespace_list).add_argument("--json", action="store_true",
-                                                 help="print JSON")
+    add_command(actions, "list", "list namespaces with sizes, use against the quotas and "
+                "last sync", cmd_namespace_list,
+                (*DB_OPTIONS, NAMESPACE_BYTES_OPTION, HISTORY_BYTES_OPTION)).add_argument(
+        "--json", action="store_true", help="print JSON")
     for action, text in (("create", "create an empty namespace"),
                          ("delete", "soft-delete: sync answers 410, data is kept"),
                          ("restore", "undo a soft delete"),
@@ -5364,7 +5693,11 @@ def add_namespace_commands(commands) -> None:
     history = add_command(actions, "history", "list a namespace's versions (each accepted "
                           "manifest) with what changed", cmd_namespace_history)
     history.add_argument("namespace", help="namespace name")
-    history.add_argument("--limit", type=int, default=50, help="newest N versions (50)")
+    history.add_argument("--limit", type=int, default=50,
+                         help=f"newest N versions (50; at most {HISTORY_PAGE_VERSIONS}, and "
+                              f"about {HISTORY_PAGE_BYTES // MiB} MiB of them)")
+    history.add_argument("--before", type=int, metavar="VERSION",
+                         help="only versions older than this one (the next page)")
     history.add_argument("--json", action="store_true",
                          help="print JSON (with each version's full manifest)")
     show = add_command(actions, "show", "show one version in full and what it changed "
@@ -5374,7 +5707,7 @@ def add_namespace_commands(commands) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     rollback = add_command(actions, "rollback", "make an earlier version current again "
                            "(a dry run unless --yes)", cmd_namespace_rollback,
-                           (*DB_OPTIONS, BLOB_HISTORY_OPTION))
+                           (*DB_OPTIONS, BLOB_HISTORY_OPTION, HISTORY_BYTES_OPTION))
     rollback.add_argument("namespace", help="namespace name")
     target = rollback.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")
