@@ -323,3 +323,51 @@ def test_history_answers_are_paged_and_bounded_in_bytes(make_server):
     everything = json.loads(server.cli("namespace", "history", "team/pages", "--limit", "500",
                                        "--json").stdout)
     assert len(json.dumps(everything)) <= 2 * MiB + 300_000 and everything["hasMore"]
+
+
+def counted_from_rows(server, namespace: str) -> tuple[int, int]:
+    """(use, history) of a namespace recounted from its rows, the way the quotas count."""
+    blob = db_rows(server, "SELECT size FROM blobs WHERE namespace = ?", (namespace,))
+    objects = db_rows(server, "SELECT size, path FROM objects WHERE namespace = ?",
+                      (namespace,))
+    used = sum(row["size"] + ITEM_BYTES for row in blob) + \
+        sum(row["size"] + len(row["path"]) + ITEM_BYTES for row in objects)
+    return used, stored_history_bytes(server, namespace)
+
+
+def test_use_stays_in_step_with_the_rows_on_every_write_path(make_server):
+    """Snapshots (new, replaced, rolled back), objects (new, replaced), manifests (new,
+    rolled back, trimmed) and retention: the counters the quotas read always equal a
+    recount of the rows."""
+    server = make_server(env={"ADMIN_PASSWORD": ADMIN_PASSWORD, "MAX_HISTORY_BYTES": "50000",
+                              "OBJECT_RETENTION_SECONDS": "1"})
+    token = server.create_token("team/*")
+    admin = AdminClient(server)
+    admin.login()
+    namespace = "team/steps"
+
+    def in_step():
+        view = admin_namespace(admin, namespace)
+        assert (view["usedBytes"], view["historyBytes"]) == counted_from_rows(server, namespace)
+
+    etag = None
+    for size in (5000, 9000, 3000):
+        answer = put_blob(server, token, namespace, b"s" * size, etag)
+        etag = answer.json["etag"]
+        in_step()
+    for data in (b"one", b"a longer second version", b""):
+        server.request("PUT", object_path(namespace, "structured/x.json"), data, token=token)
+        in_step()
+    for number in range(1, 8):
+        put_manifest(server, token, namespace, {"revision": f"r{number}", "pad": "p" * 5000})
+        in_step()
+    kept = db_rows(server, "SELECT seq FROM blob_versions WHERE namespace = ?", (namespace,))
+    assert [row["seq"] for row in kept] == [2]    # the oldest snapshot went first
+    for body in ({"blobSeq": 2}, {"seq": 6}):
+        assert admin.post(admin_ns(namespace, "/rollback"), body).status == 200
+        in_step()
+    threading.Event().wait(1.5)     # past OBJECT_RETENTION_SECONDS; no manifest needs x.json
+    assert admin.post("/admin/api/gc").status == 200
+    assert server.request("GET", object_path(namespace, "structured/x.json"),
+                          token=token).status == 404
+    in_step()

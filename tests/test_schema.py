@@ -1,6 +1,7 @@
 """The database schema is versioned with PRAGMA user_version and migrated forward at startup."""
 
 import importlib.util
+import json
 import sqlite3
 import sys
 import time
@@ -72,3 +73,14 @@ def test_a_newer_database_is_refused(make_server):
     assert line.startswith("oxsync: "), line
     with sqlite3.connect(server.db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 99
+
+
+def test_a_migrated_database_counts_its_use_from_its_rows(make_server):
+    """Quotas keep each namespace's use in counters; an older database gets them counted
+    from the rows it already holds (each row also counts 256 bytes, an object its path)."""
+    server = make_server(start=False)
+    make_v1_database(server.db_path)
+    server.start()
+    listed = {n["name"]: n for n in json.loads(server.cli("namespace", "list", "--json").stdout)}
+    assert listed["team/a"]["usedBytes"] == (12 + 256) + (10 + len("a.json") + 256)
+    assert listed["team/a"]["historyBytes"] == 0
