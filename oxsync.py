@@ -4892,6 +4892,8 @@ def admin_api_paths() -> dict:
     token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
     version = api_path_param("seq", "version number (see the history)")
     hard = {"name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}
+    page = [{"name": name, "in": "query", "required": False, "schema": {"type": "integer"}}
+            for name in ("limit", "before")]
     text = {"type": "string"}
     return {
         "/admin/api/login": {"post": api_operation(
@@ -4921,8 +4923,9 @@ def admin_api_paths() -> dict:
             "delete": admin("soft-delete (hard=true purges a deleted namespace)", "gone")},
         "/admin/api/namespaces/{ns}/restore": {"parameters": [API_NS], "post": admin(
             "undo a soft delete", "restored")},
-        "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS], "get": admin(
-            "versions with what changed, the current snapshot, kept snapshots", "history")},
+        "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS, *page], "get": admin(
+            "a page of versions with what changed (at most 100 and about 2 MiB; nextBefore "
+            "starts the next), the current snapshot, kept snapshots", "history")},
         "/admin/api/namespaces/{ns}/history/{seq}": {"parameters": [API_NS, version], "get": admin(
             "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
