@@ -196,6 +196,24 @@ def test_namespace_quota_refuses_a_write_and_keeps_what_was_there(make_server):
     assert metric(server, 'oxsync_quota_refusals_total{limit="namespaces_per_token"}') == 0
 
 
+def test_a_namespace_over_a_lowered_limit_can_still_shrink(make_server):
+    """An operator lowers MAX_NAMESPACE_BYTES below what a namespace holds: writes that add
+    are refused, writes that make it smaller pass."""
+    server = make_server()
+    token = server.create_token("team/*")
+    path = object_path("team/lowered", "structured/big.json")
+    assert server.request("PUT", path, b"b" * 300_000, token=token).status == 201
+    server.stop()
+    server.env["MAX_NAMESPACE_BYTES"] = "100000"
+    server.start()
+    more = server.request("PUT", object_path("team/lowered", "structured/new.json"), b"n",
+                          token=token)
+    assert_json_error(more, 507, "MAX_NAMESPACE_BYTES", code="namespace_quota_exceeded")
+    smaller = server.request("PUT", path, b"s" * 200_000, token=token)
+    assert smaller.status == 200, smaller
+    assert server.request("GET", path, token=token).body == b"s" * 200_000
+
+
 def test_a_flood_of_empty_objects_reaches_the_quota(make_server):
     """Each stored row counts, not only its bytes: empty objects at new paths cannot grow
     the database without limit."""
