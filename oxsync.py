@@ -287,6 +287,15 @@ SERVER_OPTIONS = STORE_OPTIONS + [
            "unreferenced objects and old manifests are kept at least this long"),
     Option("BLOB_HISTORY", "--blob-history", parse_count, "3",
            "previous snapshots kept per namespace, restorable with 'namespace rollback'"),
+    Option("MAX_NAMESPACE_BYTES", "--max-namespace-bytes", parse_count, str(256 * MiB),
+           "bytes of snapshot and objects one namespace may hold (0: no limit); a write "
+           "beyond it answers 507 namespace_quota_exceeded"),
+    Option("MAX_HISTORY_BYTES", "--max-history-bytes", parse_count, str(64 * MiB),
+           "bytes of history (earlier manifests and snapshots) kept per namespace; past it "
+           "the oldest go, whatever their age (0: bounded by age only)"),
+    Option("MAX_NAMESPACES_PER_TOKEN", "--max-namespaces-per-token", parse_count, "100",
+           "namespaces one token may bring into being by syncing (0: no limit; "
+           "administrators can always create more)"),
     Option("METRICS_TOKEN", "--metrics-token", parse_secret, "",
            "bearer token for GET /metrics (Prometheus); /metrics is off without it"),
     Option("REQUEST_TIMEOUT_SECONDS", "--request-timeout-seconds", parse_positive, "30",
@@ -382,6 +391,9 @@ class Config:
     default_token_ttl_seconds: int | None = None
     object_retention_seconds: int = 2592000
     blob_history: int = 3
+    max_namespace_bytes: int = 256 * MiB
+    max_history_bytes: int = 64 * MiB
+    max_namespaces_per_token: int = 100
     metrics_token: bytes | None = None
     request_timeout_seconds: int = 30
     max_connections: int = 512
@@ -899,6 +911,15 @@ MIGRATIONS = [
     -- try to compress them again.
     -- postgres: ALTER TABLE payloads ALTER COLUMN data SET STORAGE EXTERNAL;
     """,
+    """
+    ALTER TABLE manifests ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN manifest_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE namespaces ADD COLUMN path_chars INTEGER NOT NULL DEFAULT 0;
+    UPDATE namespaces SET path_chars = coalesce((SELECT sum(length(path)) FROM objects o
+                                                 WHERE o.namespace = namespaces.name), 0);
+    ALTER TABLE namespaces ADD COLUMN created_by TEXT;
+    CREATE INDEX namespaces_by_token ON namespaces (created_by);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Every table, parents first (copy-store writes them in this order), with its key.
@@ -914,10 +935,18 @@ BLOB_UPSERT = "ON CONFLICT (namespace) DO UPDATE SET " + ", ".join(
     f"{column} = excluded.{column}" for column in ["updated_at"] + BLOB_COLUMNS.split(", "))
 KEEP_MANIFESTS = 32
 # Kept in the namespaces table by every write (Records.add_to_counters, count_snapshots).
+# history_* are the kept snapshots (blob_versions), version_* and manifest_bytes the
+# manifests, path_chars the characters of the object paths (SQL length(), alike on both
+# stores). They are the one bookkeeping: listings sort by them, quotas read them.
 NAMESPACE_COUNTERS = ("blob_bytes", "object_count", "object_bytes", "history_count",
-                      "history_bytes", "version_count")
+                      "history_bytes", "version_count", "manifest_bytes", "path_chars")
 NAMESPACE_COLUMNS = ("n.*, EXISTS (SELECT 1 FROM blobs b WHERE b.namespace = n.name) "
                      "AS has_blob")
+# Quotas count what a namespace costs on disk: each snapshot, object and manifest its
+# bytes plus ITEM_BYTES for its row and index entries, an object its path too (a path
+# may be 1,024 characters and is stored in the row, its index and manifest_refs), so a
+# flood of empty items with long names also reaches the limit.
+ITEM_BYTES = 256
 SQL_LIST_BATCH = 256  # values in one IN (...) list
 KEEP_CONFLICTS = 10000
 
@@ -938,6 +967,17 @@ TOKEN_STATUSES = {"enabled": "t.enabled = 1 AND (t.expires_at IS NULL OR t.expir
                   "disabled": "t.enabled = 0", "expired": "t.expires_at <= ?"}
 DEVICE_STATUSES = {"ok": "d.last_result = 'ok' AND d.last_seen_at >= ?",
                    "problem": "d.last_result <> 'ok'", "stale": "d.last_seen_at < ?"}
+
+
+def quota_use(row) -> tuple[int, int]:
+    """A namespace row (NAMESPACE_COLUMNS) -> (its use against MAX_NAMESPACE_BYTES: the
+    snapshot and objects, its history use against MAX_HISTORY_BYTES: the manifests and
+    kept snapshots), from its counters alone."""
+    used = row["blob_bytes"] + row["object_bytes"] + row["path_chars"] + \
+        ITEM_BYTES * (row["object_count"] + int(row["has_blob"]))
+    history = row["history_bytes"] + row["manifest_bytes"] + \
+        ITEM_BYTES * (row["history_count"] + row["version_count"])
+    return used, history
 
 
 class Listing:
@@ -1047,15 +1087,36 @@ class Records:
     def namespace(self, name: str):
         return self.one("SELECT * FROM namespaces WHERE name = ?", (name,))
 
-    def lock_namespace(self, name: str, now: float | None = None):
+    def lock_namespace(self, name: str, now: float | None = None,
+                       created_by: str | None = None):
         """Take the namespace's write turn -> its row (created empty at `now` if it is new
-        and `now` is given), or None."""
+        and `now` is given, noting the token whose write made it), or None."""
         self.lock(f"namespace {name}")
         row = self.namespace(name)
         if row is None and now is not None:
-            row = self.one("INSERT INTO namespaces (name, created_at) VALUES (?, ?) "
-                           "RETURNING *", (name, now))
+            row = self.one("INSERT INTO namespaces (name, created_at, created_by) "
+                           "VALUES (?, ?, ?) RETURNING *", (name, now, created_by))
         return row
+
+    def lock_token_namespaces(self, token_id: str) -> int:
+        """Take the token's turn to bring namespaces into being -> how many it has."""
+        self.lock(f"token namespaces {token_id}")
+        return self.value("SELECT count(*) FROM namespaces WHERE created_by = ?", (token_id,))
+
+    def namespaces_per_token(self, token_ids: list[str]) -> dict[str, int]:
+        """How many namespaces each of these tokens brought into being (a page's ids)."""
+        counts = {}
+        for start in range(0, len(token_ids), SQL_LIST_BATCH):
+            chunk = token_ids[start:start + SQL_LIST_BATCH]
+            counts.update(self.all(
+                f"SELECT created_by, count(*) FROM namespaces WHERE created_by IN "
+                f"({', '.join('?' for _ in chunk)}) GROUP BY created_by", chunk))
+        return counts
+
+    def namespace_use(self, name: str) -> tuple[int, int]:
+        """The namespace's quota_use as this transaction sees it."""
+        return quota_use(self.one(f"SELECT {NAMESPACE_COLUMNS} FROM namespaces n "
+                                  "WHERE n.name = ?", (name,)))
 
     def create_namespace(self, name: str, now: float) -> bool:
         """An empty namespace -> False when it exists already."""
@@ -1189,9 +1250,16 @@ class Records:
                           f"FROM blob_versions WHERE namespace = ?), updated_at, {BLOB_COLUMNS} "
                           "FROM blobs WHERE namespace = ? RETURNING seq", (namespace, namespace))
         if kept:
-            dropped = self.all("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
-                               "RETURNING payload_id", (namespace, kept - keep))
-            self.drop_payloads(row[0] for row in dropped)
+            self.drop_blob_versions(namespace, kept - keep)
+
+    def drop_blob_versions(self, namespace: str, up_to_seq: int) -> int:
+        """Drop the kept snapshots up to `up_to_seq` with their payloads (every removal of
+        a kept snapshot goes through here, so the counters stay in step) -> how many."""
+        dropped = self.all("DELETE FROM blob_versions WHERE namespace = ? AND seq <= ? "
+                           "RETURNING payload_id", (namespace, up_to_seq))
+        self.drop_payloads(row[0] for row in dropped)
+        self.count_snapshots(namespace)
+        return len(dropped)
 
     def blob_version(self, namespace: str, seq: int):
         return self.one("SELECT * FROM blob_versions WHERE namespace = ? AND seq = ?",
@@ -1228,7 +1296,8 @@ class Records:
         was = self.value("SELECT size FROM objects WHERE namespace = ? AND path = ?",
                          (namespace, path))
         self.add_to_counters(namespace, object_count=int(was is None),
-                             object_bytes=size - (was or 0))
+                             object_bytes=size - (was or 0),
+                             path_chars=len(path) if was is None else 0)
 
     def missing_objects(self, namespace: str, paths: set[str]) -> list[str]:
         stored = {row[0] for row in self.all("SELECT path FROM objects WHERE namespace = ?",
@@ -1241,27 +1310,28 @@ class Records:
                         token_id: str | None, rollback_of: int | None = None) -> int:
         """Every accepted manifest becomes a version in the namespace's history, with the
         object paths it references (manifest_refs, for retention) -> its seq."""
+        stored = json_body(metadata)
         inserted = self.run(
             "INSERT INTO manifests (namespace, seq, created_at, etag, revision, device_id, "
-            "format, token_id, rollback_of, manifest) SELECT ?, coalesce(max(seq), 0) + 1, "
-            "?, ?, ?, ?, ?, ?, ?, ? FROM manifests WHERE namespace = ? RETURNING seq",
+            "format, token_id, rollback_of, manifest, size) SELECT ?, coalesce(max(seq), 0) "
+            "+ 1, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM manifests WHERE namespace = ? RETURNING seq",
             (namespace, now, metadata["etag"], text_or_none(metadata.get("revision")),
              text_or_none(metadata.get("deviceId")), text_or_none(metadata.get("format")),
-             token_id, rollback_of, json_body(metadata).decode(), namespace))
+             token_id, rollback_of, stored.decode(), len(stored), namespace))
         paths = sorted(manifest_paths(metadata))
         if paths:  # the seq just taken, so that the seq need not travel back and forth
             values = ", ".join("(?)" for _ in paths)
             self.run("INSERT INTO manifest_refs (namespace, seq, path) SELECT ?, (SELECT "
                      "max(seq) FROM manifests WHERE namespace = ?), column1 FROM (VALUES "
                      f"{values}) AS paths", (namespace, namespace, *paths))
-        self.add_to_counters(namespace, version_count=1)
+        self.add_to_counters(namespace, version_count=1, manifest_bytes=len(stored))
         return inserted.fetchone()[0]
 
     def drop_manifests(self, namespace: str, seqs) -> int:
         """Remove versions from the history (after lock_namespace), with their references;
         an object that no kept version references any more is queued for retention to
         judge -> versions removed."""
-        removed = 0
+        removed, freed = 0, 0
         seqs = sorted(set(seqs))
         for start in range(0, len(seqs), SQL_LIST_BATCH):
             chunk = seqs[start:start + SQL_LIST_BATCH]
@@ -1273,28 +1343,80 @@ class Records:
                      "ON CONFLICT (namespace, path) DO NOTHING", (namespace, *chunk, *chunk))
             self.run(f"DELETE FROM manifest_refs WHERE namespace = ? AND seq IN ({listed})",
                      (namespace, *chunk))
-            removed += self.count(f"DELETE FROM manifests WHERE namespace = ? AND seq IN "
-                                  f"({listed})", (namespace, *chunk))
+            sizes = [row[0] for row in self.all(f"DELETE FROM manifests WHERE namespace = ? "
+                                                f"AND seq IN ({listed}) RETURNING size",
+                                                (namespace, *chunk))]
+            removed, freed = removed + len(sizes), freed + sum(sizes)
         if removed:
-            self.add_to_counters(namespace, version_count=-removed)
+            self.add_to_counters(namespace, version_count=-removed, manifest_bytes=-freed)
         return removed
 
-    def fill_manifest_refs(self, batch: int = 500) -> None:
-        """The references of manifests recorded before manifest_refs existed (migration)."""
+    def every_manifest(self, batch: int = 500):
+        """Each stored manifest's (namespace, seq, manifest text), read `batch` at a time
+        (migrations)."""
         after = ("", 0)
         while True:
             rows = self.all("SELECT namespace, seq, manifest FROM manifests WHERE (namespace, "
                             "seq) > (?, ?) ORDER BY namespace, seq LIMIT ?", (*after, batch))
-            self.many("INSERT INTO manifest_refs (namespace, seq, path) VALUES (?, ?, ?)",
-                      ((row[0], row[1], path) for row in rows
-                       for path in manifest_paths(json.loads(row[2]))))
+            yield from [tuple(row) for row in rows]
             if len(rows) < batch:
                 return
             after = (rows[-1][0], rows[-1][1])
 
-    def manifests(self, namespace: str, limit: int) -> list:
-        return self.all("SELECT * FROM manifests WHERE namespace = ? ORDER BY seq DESC LIMIT ?",
-                        (namespace, limit))
+    def fill_manifest_refs(self) -> None:
+        """The references of manifests recorded before manifest_refs existed (migration)."""
+        self.many("INSERT INTO manifest_refs (namespace, seq, path) VALUES (?, ?, ?)",
+                  [(namespace, seq, path) for namespace, seq, text in self.every_manifest()
+                   for path in manifest_paths(json.loads(text))])
+
+    def fill_manifest_sizes(self) -> None:
+        """The stored bytes of manifests recorded before manifests.size existed, and each
+        namespace's manifest_bytes (migration; in Python, as SQLite's length() counts
+        characters)."""
+        self.many("UPDATE manifests SET size = ? WHERE namespace = ? AND seq = ?",
+                  [(len(text.encode()), namespace, seq)
+                   for namespace, seq, text in self.every_manifest()])
+        self.run("UPDATE namespaces SET manifest_bytes = coalesce((SELECT sum(size) FROM "
+                 "manifests m WHERE m.namespace = namespaces.name), 0)")
+
+    def trim_history(self, namespace: str, max_bytes: int, keep_newest: int) -> dict:
+        """Drop the oldest kept manifests and snapshots (by time, whatever their age)
+        until the history counts at most `max_bytes`, never the newest `keep_newest`
+        manifests -> {"manifests": n, "snapshots": n, "bytes": freed}."""
+        trimmed = {"manifests": 0, "snapshots": 0, "bytes": 0}
+        excess = self.namespace_use(namespace)[1] - max_bytes
+        while excess > 0:
+            oldest = self.all(
+                "SELECT * FROM (SELECT 'manifest' AS kind, seq, created_at, size "
+                "FROM manifests WHERE namespace = ? AND seq <= (SELECT max(seq) "
+                "FROM manifests WHERE namespace = ?) - ? ORDER BY seq LIMIT 256) AS m "
+                "UNION ALL SELECT 'snapshot', seq, created_at, size FROM blob_versions "
+                "WHERE namespace = ? ORDER BY created_at, seq LIMIT 256",
+                (namespace, namespace, keep_newest, namespace))
+            if not oldest:
+                break
+            doomed = []
+            for row in oldest:
+                if excess <= 0:
+                    break
+                doomed.append(row)
+                excess -= row["size"] + ITEM_BYTES
+            manifests = [row["seq"] for row in doomed if row["kind"] == "manifest"]
+            snapshots = [row["seq"] for row in doomed if row["kind"] == "snapshot"]
+            self.drop_manifests(namespace, manifests)
+            if snapshots:
+                self.drop_blob_versions(namespace, max(snapshots))
+            trimmed["manifests"] += len(manifests)
+            trimmed["snapshots"] += len(snapshots)
+            trimmed["bytes"] += sum(row["size"] + ITEM_BYTES for row in doomed)
+        return trimmed
+
+    def manifests(self, namespace: str, limit: int, before: int | None = None,
+                  columns: str = "*") -> list:
+        """The newest `limit` versions (those before seq `before`, when given)."""
+        return self.all(f"SELECT {columns} FROM manifests WHERE namespace = ? AND seq < ? "
+                        "ORDER BY seq DESC LIMIT ?",
+                        (namespace, (1 << 62) if before is None else before, limit))
 
     def manifest(self, namespace: str, seq: int):
         return self.one("SELECT * FROM manifests WHERE namespace = ? AND seq = ?",
@@ -1352,7 +1474,7 @@ class Records:
                   ((namespace, row["path"]) for row in doomed))
         self.drop_payloads(row["payload_id"] for row in doomed)
         self.add_to_counters(namespace, object_count=-len(doomed), object_bytes=-sum(
-            row["size"] for row in doomed))
+            row["size"] for row in doomed), path_chars=-sum(len(row["path"]) for row in doomed))
         more = more and bool(manifests_removed or doomed)
         if not more:
             self.run("DELETE FROM unjudged_objects WHERE namespace = ?", (namespace,))
@@ -1670,6 +1792,7 @@ def text_or_none(value) -> str | None:
 def namespace_view(row) -> dict:
     metadata = json.loads(row["metadata"]) if row["metadata"] else {}
     total = row["blob_bytes"] + row["object_bytes"] + row["history_bytes"]
+    used, history = quota_use(row)
     return {
         "name": row["name"], "deleted": row["deleted_at"] is not None,
         "deletedAt": rfc3339(row["deleted_at"]) if row["deleted_at"] else None,
@@ -1681,7 +1804,7 @@ def namespace_view(row) -> dict:
         "blobBytes": row["blob_bytes"], "objectCount": row["object_count"],
         "objectBytes": row["object_bytes"], "snapshotHistoryCount": row["history_count"],
         "snapshotHistoryBytes": row["history_bytes"], "versionCount": row["version_count"],
-        "totalBytes": total}
+        "totalBytes": total, "usedBytes": used, "historyBytes": history}
 
 
 def stored_metadata(row) -> dict:
@@ -1789,19 +1912,45 @@ def version_view(tx: Records, row, manifest: dict, previous: dict | None, curren
             "manifest": manifest, **compare_manifests(manifest, previous)}
 
 
-def namespace_history(tx: Records, namespace: str, limit: int = 50) -> dict:
-    """Manifest versions (newest first) with what changed, the current snapshot and the
-    kept earlier snapshots."""
+HISTORY_PAGE_VERSIONS = 100     # the most versions one history answer holds
+HISTORY_PAGE_BYTES = 2 * MiB    # about the most bytes of versions it holds (at least one)
+
+
+def history_page_rows(tx: Records, namespace: str, limit: int, before: int | None) -> list:
+    """The page's manifest rows, plus the one before the last (to compare it with): only
+    as many as HISTORY_PAGE_BYTES holds, judged by their sizes before reading them."""
+    sizes = tx.manifests(namespace, limit + 1, before, columns="seq, size")
+    count, total = 0, 0
+    while count < min(limit, len(sizes)) and (count == 0 or
+                                              total + sizes[count][1] <= HISTORY_PAGE_BYTES):
+        total += sizes[count][1]
+        count += 1
+    return tx.manifests(namespace, count + 1, before)
+
+
+def namespace_history(tx: Records, namespace: str, limit: int = 50,
+                      before: int | None = None) -> dict:
+    """A page of manifest versions (newest first; with `before`, those older than that
+    seq) with what changed, the current snapshot and the kept earlier snapshots. A page
+    holds at most HISTORY_PAGE_VERSIONS versions and about HISTORY_PAGE_BYTES; when more
+    versions follow, `nextBefore` is the `before` of the next page (else null)."""
     current = tx.namespace(namespace)
     if current is None:
         raise LookupError(f"no namespace named {namespace!r}")
-    rows = tx.manifests(namespace, limit + 1)
+    limit = min(max(limit, 1), HISTORY_PAGE_VERSIONS)
+    rows = history_page_rows(tx, namespace, limit, before)
     manifests = [json.loads(row["manifest"]) for row in rows]
     token_names = {row["id"]: row["name"] for row in tx.tokens()}
-    versions = [version_view(tx, row, manifests[index],
-                             manifests[index + 1] if index + 1 < len(manifests) else None,
-                             current["etag"], token_names)
-                for index, row in enumerate(rows[:limit])]
+    versions, size = [], 0
+    for index, row in enumerate(rows[:limit]):
+        view = version_view(tx, row, manifests[index],
+                            manifests[index + 1] if index + 1 < len(manifests) else None,
+                            current["etag"], token_names)
+        size += len(json_body(view))
+        if versions and size > HISTORY_PAGE_BYTES:
+            break
+        versions.append(view)
+    more = len(rows) > len(versions)
     metadata = stored_metadata(current)
     snapshot = None
     if tx.blob(namespace) is not None:
@@ -1812,7 +1961,8 @@ def namespace_history(tx: Records, namespace: str, limit: int = 50) -> dict:
               "revision": row["revision"], "deviceId": row["device_id"], "size": row["size"],
               "sha256": row["sha256"], "current": False} for row in tx.blob_versions(namespace)]
     return {"namespace": namespace, "versions": versions, "snapshot": snapshot,
-            "blobVersions": blobs}
+            "blobVersions": blobs, "hasMore": more,
+            "nextBefore": versions[-1]["seq"] if more else None}
 
 
 def namespace_version(tx: Records, namespace: str, seq: int) -> dict:
@@ -1953,6 +2103,49 @@ def collect_garbage(store: "Store", retention: int, now: float | None = None) ->
         log.info("retention: removed %d objects (%d bytes) and %d old manifests",
                  totals["objectsRemoved"], totals["bytesReclaimed"], totals["manifestsRemoved"])
     return totals
+
+
+# The newest versions of a namespace's history are kept whatever MAX_HISTORY_BYTES says:
+# the current manifest and the three before it (a few syncs back). At most 4 x 256 KiB.
+KEEP_NEWEST_VERSIONS = 4
+TRIM_LOG_SECONDS = 60
+
+
+class TrimNotes:
+    """Trims of one namespace's history are logged at most once a TRIM_LOG_SECONDS:
+    a flooding writer trims on every write and must not flood the log as well."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending: dict[str, list] = {}  # namespace -> [next line, manifests, snapshots, bytes]
+
+    def note(self, namespace: str, trimmed: dict, max_bytes: int) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(namespace, [0.0, 0, 0, 0])
+            pending[1:] = [pending[1] + trimmed["manifests"], pending[2] + trimmed["snapshots"],
+                           pending[3] + trimmed["bytes"]]
+            if time.monotonic() < pending[0]:
+                return
+            manifests, snapshots, freed = pending[1:]
+            self._pending[namespace] = [time.monotonic() + TRIM_LOG_SECONDS, 0, 0, 0]
+        log.warning("history of namespace %r reached MAX_HISTORY_BYTES (%d bytes): dropped "
+                    "its %d oldest manifests and %d oldest kept snapshots (%d bytes) since "
+                    "the last such line; raise MAX_HISTORY_BYTES to keep more", namespace,
+                    max_bytes, manifests, snapshots, freed)
+
+
+trim_notes = TrimNotes()
+
+
+def trim_history(tx: Records, namespace: str, max_bytes: int) -> int:
+    """Bound the namespace's history in bytes, in the write's own transaction (0: bounded
+    by age only) -> versions dropped."""
+    if not max_bytes:
+        return 0
+    trimmed = tx.trim_history(namespace, max_bytes, KEEP_NEWEST_VERSIONS)
+    if trimmed["bytes"]:
+        trim_notes.note(namespace, trimmed, max_bytes)
+    return trimmed["manifests"] + trimmed["snapshots"]
 
 
 # -- encryption keys (operator commands) ----------------------------------------
@@ -3264,6 +3457,8 @@ def migrate(store: Store) -> None:
                     tx.copy_snapshot_fields()
                 if "CREATE TABLE manifest_refs" in MIGRATIONS[number]:
                     tx.fill_manifest_refs()
+                if "ADD COLUMN manifest_bytes" in MIGRATIONS[number]:
+                    tx.fill_manifest_sizes()
                 store.set_schema_version(tx, number + 1)
                 log.info("database schema migrated to version %d", number + 1)
     except StoreError:
@@ -4310,6 +4505,9 @@ class Server(http.server.ThreadingHTTPServer):
             self._refusers.release()
 
 
+QUOTA_LIMITS = ("namespace_bytes", "namespaces_per_token")  # refusal counters in /metrics
+
+
 class Metrics:
     """Request counters and latencies for /metrics, in Prometheus text format."""
 
@@ -4320,13 +4518,20 @@ class Metrics:
         self._pending: collections.deque = collections.deque()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list] = {}  # route -> count per bucket and +Inf, sum, count
-        self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0}
+        self.totals = {"received_bytes": 0, "sent_bytes": 0, "conflicts": 0, "auth_failures": 0,
+                       "history_versions_trimmed": 0}
         self.totals["password_checks"] = 0
+        self.refusals = dict.fromkeys(QUOTA_LIMITS, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         """For rare events (conflicts, failed authentication), so a lock is fine here."""
         with self._lock:
             self.totals[name] += amount
+
+    def refused(self, limit: str) -> None:
+        """A write refused by one of QUOTA_LIMITS (rare, so a lock is fine here too)."""
+        with self._lock:
+            self.refusals[limit] += 1
 
     def observe(self, route: str, method: str, status: int, seconds: float,
                 received: int, sent: int) -> None:
@@ -4371,6 +4576,10 @@ class Metrics:
                           f'{series[-1]}']
             for name, value in self.totals.items():
                 lines += [f"# TYPE oxsync_{name}_total counter", f"oxsync_{name}_total {value}"]
+            lines += ["# HELP oxsync_quota_refusals_total Writes refused by a quota, by limit.",
+                      "# TYPE oxsync_quota_refusals_total counter"]
+            lines += [f'oxsync_quota_refusals_total{{limit="{limit}"}} {count}'
+                      for limit, count in self.refusals.items()]
         for name, value in gauges.items():
             lines += [f"# TYPE oxsync_{name} gauge", f"oxsync_{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -4593,19 +4802,60 @@ def not_modified(request, etag: str | None) -> Response | None:
     return None
 
 
-def writable_namespace(tx: Records, namespace: str, now: float):
+def writable_namespace(tx: Records, namespace: str, now: float, request):
     """The namespace's row, with its write turn taken (created empty if it is new, when
-    its name passes the look-alike rule)."""
+    the token may still bring a namespace into being and its name passes the look-alike
+    rule)."""
     if tx.lock_namespace(namespace) is None:
+        limit = request.app.config.max_namespaces_per_token
+        count = tx.lock_token_namespaces(request.token_id)
+        if limit and count >= limit:
+            raise quota_refusal(request, "namespaces_per_token", HTTPError(
+                403, f"this token has already created {count} namespaces, its limit "
+                     f"(MAX_NAMESPACES_PER_TOKEN = {limit}), so it cannot create "
+                     f"'{namespace}'; sync into an existing namespace, or ask the server's "
+                     "administrator to create this one or to raise MAX_NAMESPACES_PER_TOKEN",
+                code="namespace_limit_reached"))
         tx.lock_namespace_names()
         try:  # the look-alike is not named: it may be outside the token's scope
             check_new_name(namespace, "namespace", tx.namespace_names(), show_twin=False)
         except BadName as error:
             raise HTTPError(400, str(error)) from None
-    row = tx.lock_namespace(namespace, now)
+    row = tx.lock_namespace(namespace, now, created_by=request.token_id)
     if row["deleted_at"] is not None:
         raise namespace_deleted(namespace)
     return row
+
+
+def in_mib(size: int) -> str:
+    return f"{size / MiB:.1f} MiB"
+
+
+def check_namespace_quota(tx: Records, request, namespace: str, used_before: int) -> None:
+    """Refuse (and roll back) a write that leaves the namespace over MAX_NAMESPACE_BYTES;
+    one that does not add to its use passes, so a namespace over a lowered limit can
+    still shrink."""
+    limit = request.app.config.max_namespace_bytes
+    used = tx.namespace_use(namespace)[0]
+    if limit and used > limit and used > used_before:
+        raise quota_refusal(request, "namespace_bytes", HTTPError(
+            507, f"namespace '{namespace}' would hold {used} bytes ({in_mib(used)}), over its "
+                 f"limit of {limit} bytes ({in_mib(limit)}, MAX_NAMESPACE_BYTES); nothing was "
+                 f"stored; ask the server's administrator to raise MAX_NAMESPACE_BYTES",
+            code="namespace_quota_exceeded"))
+
+
+def quota_refusal(request, limit: str, error: HTTPError) -> HTTPError:
+    request.app.metrics.refused(limit)
+    log.info("refused a write (token %s): %s", request.token_id, error.message)
+    return error
+
+
+def trim_after_write(tx: Records, request, namespace: str) -> None:
+    """The write's history stays within MAX_HISTORY_BYTES (see trim_history)."""
+    dropped = trim_history(tx, namespace, request.app.config.max_history_bytes)
+    if dropped:
+        request.app.metrics.add("history_versions_trimmed", dropped)
 
 
 def conflict_or_none(tx: Records, request, conditions, namespace: str, operation: str, *,
@@ -4676,7 +4926,7 @@ def put_metadata(request, ns):
         raise HTTPError(400, "metadata needs a non-empty string 'revision'")
     now = time.time()
     with app.store.write() as tx:
-        row = writable_namespace(tx, ns, now)
+        row = writable_namespace(tx, ns, now, request)
         previous = stored_metadata(row)
         conflict = conflict_or_none(tx, request, conditions, ns, "metadata",
                                     current_etag=row["etag"],
@@ -4694,6 +4944,7 @@ def put_metadata(request, ns):
             drop_unkept(metadata, app.config.unkept_metadata_fields)
             tx.save_metadata(ns, metadata, now)
             tx.record_manifest(ns, metadata, now, request.token_id)
+            trim_after_write(tx, request, ns)
     if conflict:
         raise conflict
     return write_answer(metadata, revision)
@@ -4735,13 +4986,14 @@ def put_blob(request, ns):
     del body
     now = time.time()
     with app.store.write() as tx:
-        row = writable_namespace(tx, ns, now)
+        row = writable_namespace(tx, ns, now, request)
         metadata = stored_metadata(row)
         conflict = conflict_or_none(tx, request, conditions, ns, "blob",
                                     current_etag=row["etag"],
                                     current_revision=metadata.get("revision"),
                                     revision=revision, device_id=device_id)
         if conflict is None:
+            used_before = tx.namespace_use(ns)[0]
             kept = drop_unkept({"revision": revision, "deviceId": device_id,
                                 "contentHash": digest}, app.config.unkept_metadata_fields)
             set_blob_metadata(metadata, revision=kept.get("revision"),
@@ -4756,6 +5008,8 @@ def put_blob(request, ns):
                         kept.get("deviceId"),
                         None if sections is None else json_body(sections).decode(),
                         content_type, size, kept.get("contentHash", ""))
+            check_namespace_quota(tx, request, ns, used_before)
+            trim_after_write(tx, request, ns)
     if conflict:
         raise conflict
     return write_answer(metadata, revision)
@@ -4791,17 +5045,19 @@ def put_object(request, ns, path):
     del body
     now = time.time()
     with app.store.write() as tx:
-        writable_namespace(tx, ns, now)
+        writable_namespace(tx, ns, now, request)
         existing = tx.object(ns, path)
         conflict = conflict_or_none(tx, request, conditions, ns, "object", path=path,
                                     current_etag=existing["etag"] if existing else None)
         if conflict is None:
+            used_before = tx.namespace_use(ns)[0]
             etag = new_etag()
             tx.put_object(ns, path, tx.store_payload(stored, key_id), size, etag, content_type,
                           now)
             if existing:
                 tx.drop_payloads([existing["payload_id"]])
             tx.touch_namespace(ns, now)
+            check_namespace_quota(tx, request, ns, used_before)
     if conflict:
         raise conflict
     return json_response({"ok": True, "etag": etag}, 200 if existing else 201,
@@ -5431,6 +5687,19 @@ def existing_token(tx: Records, token_id: str):
     return row
 
 
+def token_items(tx: Records, rows: list, limit: int) -> list[dict]:
+    """Tokens (a page of them) with how many namespaces each one's writes brought into
+    being, and the limit (MAX_NAMESPACES_PER_TOKEN, None: unlimited)."""
+    counts = tx.namespaces_per_token([row["id"] for row in rows])
+    return [{**token_view(row), "namespaceCount": counts.get(row["id"], 0),
+             "maxNamespaces": limit or None} for row in rows]
+
+
+def token_answer(tx: Records, token_id: str, config: Config) -> dict:
+    """One token as the admin API shows it (see token_items)."""
+    return token_items(tx, [existing_token(tx, token_id)], config.max_namespaces_per_token)[0]
+
+
 def expiry_field(body: dict) -> float | None:
     value = field(body, "expiresAt", str, required=False)
     try:
@@ -5448,7 +5717,8 @@ def admin_tokens(request):
     request.app.usage.flush(request.app.store)  # show use up to this moment
     with request.app.store.read(snapshot=True) as tx:
         page, names = tx.token_page(listing, time.time()), tx.token_names()
-    views = flag_lookalikes([token_view(row) for row in page.rows], "token", names)
+        items = token_items(tx, page.rows, request.app.config.max_namespaces_per_token)
+    views = flag_lookalikes(items, "token", names)
     return list_answer(request, "tokens", listing, page, views)
 
 
@@ -5468,11 +5738,11 @@ def admin_create_token(request):
             token_id, raw = create_token(tx, field(body, "name", str),
                                          field(body, "namespacePattern", str),
                                          ",".join(permissions), expires)
-            row = existing_token(tx, token_id)
+            view = token_answer(tx, token_id, request.app.config)
     except ValueError as error:  # BadName is a ValueError too
         raise HTTPError(400, str(error)) from None
-    audit(request, "create-token", f"id={token_id} pattern={row['namespace_pattern']!r}")
-    return json_response({"token": token_view(row), "secret": raw}, 201)
+    audit(request, "create-token", f"id={token_id} pattern={view['namespacePattern']!r}")
+    return json_response({"token": view, "secret": raw}, 201)
 
 
 @route("PATCH", "/admin/api/tokens/{token_id}")
@@ -5498,9 +5768,9 @@ def admin_update_token(request, token_id):
                 raise HTTPError(400, str(error)) from None
         if changes:
             tx.update_token(token_id, **changes)
-        row = existing_token(tx, token_id)
+        view = token_answer(tx, token_id, request.app.config)
     audit(request, "update-token", f"id={token_id} fields={','.join(changes) or 'none'}")
-    return json_response({"token": token_view(row)})
+    return json_response({"token": view})
 
 
 @route("DELETE", "/admin/api/tokens/{token_id}")
@@ -5519,18 +5789,25 @@ def admin_rotate_token(request, token_id):
     with request.app.store.write() as tx:
         existing_token(tx, token_id)
         raw = rotate_token(tx, token_id)
-        row = existing_token(tx, token_id)
+        view = token_answer(tx, token_id, request.app.config)
     audit(request, "rotate-token", f"id={token_id}")
-    return json_response({"token": token_view(row), "secret": raw})
+    return json_response({"token": view, "secret": raw})
 
 
 # -- namespaces, conflicts, stats -----------------------------------------------
 
-def existing_namespace(tx: Records, name: str) -> dict:
+def with_limits(view: dict, max_bytes: int, max_history_bytes: int) -> dict:
+    """A namespace's use with its limits beside it (None: unlimited): usedBytes against
+    maxBytes (MAX_NAMESPACE_BYTES), historyBytes against maxHistoryBytes."""
+    return {**view, "maxBytes": max_bytes or None, "maxHistoryBytes": max_history_bytes or None}
+
+
+def existing_namespace(tx: Records, name: str, config: Config) -> dict:
     views = tx.namespace_views(name)
     if not views:
         raise HTTPError(404, f"no namespace named {name!r}")
-    return flag_lookalikes(views, "namespace", tx.namespace_names())[0]
+    view = flag_lookalikes(views, "namespace", tx.namespace_names())[0]
+    return with_limits(view, config.max_namespace_bytes, config.max_history_bytes)
 
 
 @route("GET", "/admin/api/namespaces")
@@ -5540,7 +5817,10 @@ def admin_namespaces(request):
     listing = list_request(request, NAMESPACE_SORTS, "name")
     with request.app.store.read(snapshot=True) as tx:
         page, names = tx.namespace_page(listing), tx.namespace_names()
-    views = flag_lookalikes([namespace_view(row) for row in page.rows], "namespace", names)
+    config = request.app.config
+    views = flag_lookalikes([with_limits(namespace_view(row), config.max_namespace_bytes,
+                                         config.max_history_bytes) for row in page.rows],
+                            "namespace", names)
     return list_answer(request, "namespaces", listing, page, views)
 
 
@@ -5560,7 +5840,7 @@ def admin_create_namespace(request):
         except BadName as error:
             raise HTTPError(400, str(error)) from None
         tx.create_namespace(name, time.time())
-        view = existing_namespace(tx, name)
+        view = existing_namespace(tx, name, request.app.config)
     audit(request, "create-namespace", f"namespace={name!r}")
     return json_response({"namespace": view}, 201)
 
@@ -5571,7 +5851,7 @@ def admin_delete_namespace(request, ns):
     hard = request.query().get("hard", "false").lower() == "true"
     with request.app.store.write() as tx:
         tx.lock_namespace(ns)
-        view = existing_namespace(tx, ns)
+        view = existing_namespace(tx, ns, request.app.config)
         if hard and not view["deleted"]:
             raise HTTPError(409, f"namespace {ns!r} must be deleted (soft) before it can be "
                                  "purged")
@@ -5579,7 +5859,7 @@ def admin_delete_namespace(request, ns):
             freed = tx.purge_namespace(ns)
         else:
             tx.set_namespace_deleted(ns, True)
-            view = existing_namespace(tx, ns)
+            view = existing_namespace(tx, ns, request.app.config)
     audit(request, "purge-namespace" if hard else "delete-namespace", f"namespace={ns!r}")
     return json_response({"ok": True, "freedBytes": freed} if hard else {"namespace": view})
 
@@ -5589,9 +5869,9 @@ def admin_restore_namespace(request, ns):
     admin_session(request)
     with request.app.store.write() as tx:
         tx.lock_namespace(ns)
-        existing_namespace(tx, ns)
+        existing_namespace(tx, ns, request.app.config)
         tx.set_namespace_deleted(ns, False)
-        view = existing_namespace(tx, ns)
+        view = existing_namespace(tx, ns, request.app.config)
     audit(request, "restore-namespace", f"namespace={ns!r}")
     return json_response({"namespace": view})
 
@@ -5680,13 +5960,16 @@ def admin_stats(request):
 @route("GET", "/admin/api/namespaces/{ns}/history")
 def admin_history(request, ns):
     admin_session(request)
+    query = request.query()
     try:
-        limit = min(max(int(request.query().get("limit", "50")), 1), 500)
+        limit = int(query.get("limit", "50"))
+        before = int(query["before"]) if "before" in query else None
     except ValueError:
-        raise HTTPError(400, "limit must be a whole number") from None
+        raise HTTPError(400, "limit and before must be whole numbers (before: the "
+                             "nextBefore of the previous page)") from None
     with request.app.store.read(snapshot=True) as tx:
         try:
-            return json_response(namespace_history(tx, ns, limit))
+            return json_response(namespace_history(tx, ns, limit, before))
         except LookupError as error:
             raise HTTPError(404, str(error)) from None
 
@@ -5720,6 +6003,8 @@ def admin_rollback(request, ns):
             else:
                 result = rollback_blob(tx, ns, blob_seq, time.time(), app.config.blob_history,
                                        dry_run=dry_run)
+            if not dry_run:
+                trim_history(tx, ns, app.config.max_history_bytes)
     except LookupError as error:
         raise HTTPError(404, str(error)) from None
     except RollbackRefused as error:
@@ -5879,6 +6164,8 @@ def admin_api_paths() -> dict:
     token_id, username = api_path_param("id", "token id"), api_path_param("name", "username")
     version = api_path_param("seq", "version number (see the history)")
     hard = {"name": "hard", "in": "query", "required": False, "schema": {"type": "string"}}
+    page = [{"name": name, "in": "query", "required": False, "schema": {"type": "integer"}}
+            for name in ("limit", "before")]
     text = {"type": "string"}
     return {
         "/admin/api/login": {"post": api_operation(
@@ -5909,8 +6196,9 @@ def admin_api_paths() -> dict:
             "delete": admin("soft-delete (hard=true purges a deleted namespace)", "gone")},
         "/admin/api/namespaces/{ns}/restore": {"parameters": [API_NS], "post": admin(
             "undo a soft delete", "restored")},
-        "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS], "get": admin(
-            "versions with what changed, the current snapshot, kept snapshots", "history")},
+        "/admin/api/namespaces/{ns}/history": {"parameters": [API_NS, *page], "get": admin(
+            "a page of versions with what changed (at most 100 and about 2 MiB; nextBefore "
+            "starts the next), the current snapshot, kept snapshots", "history")},
         "/admin/api/namespaces/{ns}/history/{seq}": {"parameters": [API_NS, version], "get": admin(
             "one version in full and what changed against the one before", "version")},
         "/admin/api/namespaces/{ns}/rollback": {"parameters": [API_NS], "post": admin(
@@ -6987,16 +7275,21 @@ def list_rows(page: Page, what: str) -> None:
 
 def cmd_token_list(args) -> int:
     listing = cli_listing(args, TOKEN_SORTS, "created", status=args.status)
+    limit = resolve_options(args, [NAMESPACES_PER_TOKEN_OPTION])["max_namespaces_per_token"]
     with cli_store(args).read() as tx:
         page, names = tx.token_page(listing, time.time()), tx.token_names()
+        items = token_items(tx, page.rows, limit)
     list_rows(page, "tokens")
-    tokens = flag_lookalikes([token_view(row) for row in page.rows], "token", names)
+    tokens = flag_lookalikes(items, "token", names)
     if args.json:
         print(json.dumps(tokens, indent=2))
     else:
+        for token in tokens:
+            token["namespaces"] = f"{token['namespaceCount']}/{limit or 'no limit'}"
         print_table(tokens, [("id", "ID"), ("name", "NAME"), ("namespacePattern", "NAMESPACES"),
                              ("permissions", "PERMISSIONS"), ("enabled", "ENABLED"),
-                             ("expiresAt", "EXPIRES"), ("useCount", "USES"),
+                             ("expiresAt", "EXPIRES"), ("namespaces", "CREATED NS"),
+                             ("useCount", "USES"),
                              ("lastUsedAt", "LAST USED"), ("lastNamespace", "LAST NAMESPACE"),
                              ("lastIp", "LAST IP"), ("lastClientVersion", "CLIENT"),
                              ("nameWarning", "NAME WARNING")])
@@ -7024,22 +7317,36 @@ def cmd_token_change(args) -> int:
     return 0
 
 
+def use_of(used: int, limit: int | None) -> str:
+    """'1.2 MiB of 256.0 MiB (0%)', or '1.2 MiB (no limit)'."""
+    if not limit:
+        return f"{in_mib(used)} (no limit)"
+    return f"{in_mib(used)} of {in_mib(limit)} ({used * 100 // limit}%)"
+
+
 def cmd_namespace_list(args) -> int:
     listing = cli_listing(args, NAMESPACE_SORTS, "name")
+    settings = resolve_options(args, [NAMESPACE_BYTES_OPTION, HISTORY_BYTES_OPTION])
     with cli_store(args).read() as tx:
         page, names = tx.namespace_page(listing), tx.namespace_names()
     list_rows(page, "namespaces")
-    views = flag_lookalikes([namespace_view(row) for row in page.rows], "namespace", names)
+    views = flag_lookalikes([with_limits(namespace_view(row), settings["max_namespace_bytes"],
+                                         settings["max_history_bytes"]) for row in page.rows],
+                            "namespace", names)
     if args.json:
         print(json.dumps(views, indent=2))
     else:
+        for view in views:
+            view["use"] = use_of(view["usedBytes"], view["maxBytes"])
+            view["historyUse"] = use_of(view["historyBytes"], view["maxHistoryBytes"])
         print_table(views, [("name", "NAMESPACE"), ("deleted", "DELETED"), ("format", "FORMAT"),
                             ("revision", "REVISION"), ("deviceId", "DEVICE"),
                             ("blobBytes", "BLOB BYTES"), ("objectCount", "OBJECTS"),
                             ("objectBytes", "OBJECT BYTES"),
                             ("snapshotHistoryBytes", "HISTORY BYTES"),
-                            ("totalBytes", "TOTAL BYTES"), ("lastWriteAt", "LAST WRITE"),
-                            ("nameWarning", "NAME WARNING")])
+                            ("totalBytes", "TOTAL BYTES"), ("use", "USE (MAX_NAMESPACE_BYTES)"),
+                            ("historyUse", "HISTORY (MAX_HISTORY_BYTES)"),
+                            ("lastWriteAt", "LAST WRITE"), ("nameWarning", "NAME WARNING")])
     return 0
 
 
@@ -7139,7 +7446,8 @@ def version_flags(version: dict, suspicious: str = "SUSPICIOUS", missing: bool =
 
 
 def cmd_namespace_history(args) -> int:
-    history = read_history(args, lambda tx: namespace_history(tx, args.namespace, args.limit))
+    history = read_history(args, lambda tx: namespace_history(tx, args.namespace, args.limit,
+                                                              args.before))
     if history is None:
         return 1
     if args.json:
@@ -7155,6 +7463,9 @@ def cmd_namespace_history(args) -> int:
         print_table(history["blobVersions"], [("seq", "VERSION"), ("createdAt", "TIME"),
                                               ("revision", "REVISION"), ("deviceId", "DEVICE"),
                                               ("size", "BYTES")])
+    if history["hasMore"]:
+        print(f"\nolder versions: oxsync namespace history {args.namespace} --before "
+              f"{history['nextBefore']}")
     print(f"\nsee one version and what it changed: oxsync namespace show {args.namespace} "
           "VERSION")
     return 0
@@ -7197,7 +7508,7 @@ def cmd_namespace_show(args) -> int:
 
 
 def cmd_namespace_rollback(args) -> int:
-    settings = resolve_options(args, [BLOB_HISTORY_OPTION])
+    settings = resolve_options(args, [BLOB_HISTORY_OPTION, HISTORY_BYTES_OPTION])
     store, dry_run = cli_store(args), not args.yes
     try:
         with store.write() as tx:
@@ -7207,6 +7518,8 @@ def cmd_namespace_rollback(args) -> int:
             else:
                 result = rollback_blob(tx, args.namespace, args.to_blob, time.time(),
                                        settings["blob_history"], dry_run=dry_run)
+            if not dry_run:
+                trim_history(tx, args.namespace, settings["max_history_bytes"])
     except (LookupError, RollbackRefused) as error:
         print(f"oxsync: {error}", file=sys.stderr)
         return 1
@@ -7341,9 +7654,11 @@ NEW_KEY_OPTION = Option("NEW_ENCRYPTION_KEY", "--new-key", parse_key, "",
 REFERENCE_KEY_OPTION = Option("REFERENCE_ENCRYPTION_KEY", "--reference-key", parse_key, "",
                               "the reference server's ENCRYPTION_KEY, if it had one "
                               "(64 hex characters)")
-TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION = (
+(TTL_OPTION, RETENTION_OPTION, BLOB_HISTORY_OPTION, NAMESPACE_BYTES_OPTION,
+ HISTORY_BYTES_OPTION, NAMESPACES_PER_TOKEN_OPTION) = (
     next(o for o in SERVER_OPTIONS if o.env == name)
-    for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY"))
+    for name in ("DEFAULT_TOKEN_TTL_SECONDS", "OBJECT_RETENTION_SECONDS", "BLOB_HISTORY",
+                 "MAX_NAMESPACE_BYTES", "MAX_HISTORY_BYTES", "MAX_NAMESPACES_PER_TOKEN"))
 # The reference server's flags, kept as aliases of the commands.
 LEGACY_FLAGS = {"--backup-to": ["backup", "--to"], "--restore-from": ["restore", "--from"],
                 "--verify-backup": ["verify-backup"]}
@@ -7391,9 +7706,10 @@ def add_group(commands, name: str, help_text: str):
     return group.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
-def add_list_command(actions, help_text: str, run, sorts: dict, searched: str):
+def add_list_command(actions, help_text: str, run, sorts: dict, searched: str,
+                     options=tuple(DB_OPTIONS)):
     """A `list` action with --search, --sort, --limit and --json."""
-    listing = add_command(actions, "list", help_text, run)
+    listing = add_command(actions, "list", help_text, run, options)
     listing.add_argument("--search", metavar="TEXT",
                          help=f"only {searched} TEXT (any case)")
     newest = [sort for sort in sorts if sort in NEWEST_FIRST]
@@ -7417,7 +7733,8 @@ def add_token_commands(commands) -> None:
                         help="expiry such as 2027-06-30T00:00:00Z (default: "
                              "DEFAULT_TOKEN_TTL_SECONDS, else never)")
     listing = add_list_command(actions, "list tokens and their use", cmd_token_list,
-                               TOKEN_SORTS, "tokens whose name, namespace pattern or id contains")
+                               TOKEN_SORTS, "tokens whose name, namespace pattern or id contains",
+                               (*DB_OPTIONS, NAMESPACES_PER_TOKEN_OPTION))
     listing.add_argument("--status", choices=list(TOKEN_STATUSES),
                          help="only tokens that are usable, disabled, or expired")
     for action, text in (("enable", "enable a token"), ("disable", "disable a token"),
@@ -7429,8 +7746,9 @@ def add_token_commands(commands) -> None:
 
 def add_namespace_commands(commands) -> None:
     actions = add_group(commands, "namespace", "list and manage namespaces")
-    add_list_command(actions, "list namespaces with sizes and last sync", cmd_namespace_list,
-                     NAMESPACE_SORTS, "namespaces whose name contains")
+    add_list_command(actions, "list namespaces with sizes, use against the quotas and last "
+                     "sync", cmd_namespace_list, NAMESPACE_SORTS, "namespaces whose name contains",
+                     (*DB_OPTIONS, NAMESPACE_BYTES_OPTION, HISTORY_BYTES_OPTION))
     for action, text in (("create", "create an empty namespace"),
                          ("delete", "soft-delete: sync answers 410, data is kept"),
                          ("restore", "undo a soft delete"),
@@ -7440,7 +7758,11 @@ def add_namespace_commands(commands) -> None:
     history = add_command(actions, "history", "list a namespace's versions (each accepted "
                           "manifest) with what changed", cmd_namespace_history)
     history.add_argument("namespace", help="namespace name")
-    history.add_argument("--limit", type=int, default=50, help="newest N versions (50)")
+    history.add_argument("--limit", type=int, default=50,
+                         help=f"newest N versions (50; at most {HISTORY_PAGE_VERSIONS}, and "
+                              f"about {HISTORY_PAGE_BYTES // MiB} MiB of them)")
+    history.add_argument("--before", type=int, metavar="VERSION",
+                         help="only versions older than this one (the next page)")
     history.add_argument("--json", action="store_true",
                          help="print JSON (with each version's full manifest)")
     show = add_command(actions, "show", "show one version in full and what it changed "
@@ -7450,7 +7772,7 @@ def add_namespace_commands(commands) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     rollback = add_command(actions, "rollback", "make an earlier version current again "
                            "(a dry run unless --yes)", cmd_namespace_rollback,
-                           (*DB_OPTIONS, BLOB_HISTORY_OPTION))
+                           (*DB_OPTIONS, BLOB_HISTORY_OPTION, HISTORY_BYTES_OPTION))
     rollback.add_argument("namespace", help="namespace name")
     target = rollback.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", type=int, metavar="VERSION", help="manifest version")

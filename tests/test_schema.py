@@ -1,6 +1,7 @@
 """The database schema is versioned with PRAGMA user_version and migrated forward at startup."""
 
 import importlib.util
+import json
 import sqlite3
 import sys
 import time
@@ -25,6 +26,9 @@ def load_oxsync():
 oxsync = load_oxsync()
 
 
+V1_MANIFEST = '{"sections":{"connections":{"path":"a.json"},"app":{"x":{"path":"b.json"}}}}'
+
+
 def make_v1_database(path) -> None:
     """A database exactly as the first schema version left it, with a snapshot and an object."""
     db = sqlite3.connect(path)
@@ -40,8 +44,7 @@ def make_v1_database(path) -> None:
     db.execute("INSERT INTO blobs VALUES ('team/a', 1, 12, 'x', ?)", (now,))
     db.execute("INSERT INTO objects VALUES ('team/a', 'a.json', 2, 10, 'o1', NULL, ?)", (now,))
     db.execute("INSERT INTO manifests (namespace, seq, created_at, etag, manifest) VALUES "
-               "('team/a', 1, ?, 'e0', ?)", (now, '{"sections":{"connections":{"path":'
-                                                  '"a.json"},"app":{"x":{"path":"b.json"}}}}'))
+               "('team/a', 1, ?, 'e0', ?)", (now, V1_MANIFEST))
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -78,3 +81,15 @@ def test_a_newer_database_is_refused(make_server):
     assert line.startswith("oxsync: "), line
     with sqlite3.connect(server.db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 99
+
+
+def test_a_migrated_database_counts_its_use_from_its_rows(make_server):
+    """Quotas keep each namespace's use in counters; an older database gets them counted
+    from the rows it already holds (each row also counts 256 bytes, an object its path; its
+    one manifest is history)."""
+    server = make_server(start=False)
+    make_v1_database(server.db_path)
+    server.start()
+    listed = {n["name"]: n for n in json.loads(server.cli("namespace", "list", "--json").stdout)}
+    assert listed["team/a"]["usedBytes"] == (12 + 256) + (10 + len("a.json") + 256)
+    assert listed["team/a"]["historyBytes"] == len(V1_MANIFEST) + 256
