@@ -15,7 +15,6 @@ import _postgres
 import pytest
 from conftest import (OXSYNC, AdminClient, OxsyncServer, admin_ns, assert_json_error,
                       ns_path, one_error_line, quoted, run_workers)
-from test_schema import load_oxsync
 
 ADMIN_PASSWORD = "correct horse battery"
 SHARED_ENV = {"ADMIN_PASSWORD": ADMIN_PASSWORD, "ADMIN_JWT_SECRET": "s" * 40,
@@ -228,12 +227,12 @@ def test_processes_starting_together_migrate_once_and_older_code_refuses_newer(t
     for server in servers:
         server.stop()
     migrated = [server.log().count("database schema migrated to version") for server in servers]
-    steps = len(load_oxsync().MIGRATIONS)
-    assert sorted(migrated) == [0, steps], migrated  # one process did every step
     created = [server.log().count("created from ADMIN_PASSWORD") for server in servers]
     assert sorted(created) == [0, 1], created  # the admin user is made once, and said once
     import psycopg
     with psycopg.connect(url, autocommit=True) as db:
+        version = db.execute("SELECT version FROM oxsync_schema").fetchone()[0]
+        assert sorted(migrated) == [0, version], migrated  # one process did every step
         db.execute("UPDATE oxsync_schema SET version = 99")
     result = servers[0].serve_once(listen=True)
     one_error_line(result, "newer oxsync", "upgrade")

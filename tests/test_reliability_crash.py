@@ -226,7 +226,7 @@ GC_NAMESPACES = 120
 
 
 def test_gc_killed_part_way_leaves_referenced_objects_and_a_rerun_finishes(make_server):
-    server = make_server()
+    server = make_server(env={"MAX_NAMESPACES_PER_TOKEN": "0"})  # one token, many namespaces
     token = server.create_token()
     kept, doomed = {}, {}
     conn = server.connect()
