@@ -3671,9 +3671,10 @@ def device_text(value) -> str | None:
 
 def answer_error(body: bytes) -> tuple[str | None, str | None]:
     """The code and message of a JSON error answer (never a payload: errors only)."""
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
+    with contextlib.suppress(ValueError, LookupError, AttributeError, TypeError):
         error = json.loads(body)["error"]
-        return error.get("code"), str(error.get("message"))[:300]
+        return text_or_none(error.get("code")), \
+            str(error.get("message"))[:300].replace("\0", "")  # PostgreSQL text has no NUL
     return None, None
 
 
