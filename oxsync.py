@@ -507,6 +507,8 @@ def skeleton(name: str) -> str:
 
 def name_problem(name: str, parts: list[str]) -> str | None:
     """Why a name breaks rules 1 and 2 above, or None."""
+    if name.isascii():
+        return None  # NFKC already, no format characters, one script
     normal = unicodedata.normalize("NFKC", name)
     if normal != name:
         return f"is not in Unicode normal form NFKC (use {normal!r})"
@@ -541,12 +543,13 @@ def check_new_name(name: str, kind: str, existing, show_twin: bool = True) -> st
 
 def name_warnings(names: list[str], kind: str) -> dict[str, str]:
     """Names stored before the look-alike rule that break it -> what is wrong, for lists."""
+    shapes = {name: skeleton(name) for name in names}
     by_shape: dict[str, list[str]] = {}
-    for name in names:
-        by_shape.setdefault(skeleton(name), []).append(name)
+    for name, shape in shapes.items():
+        by_shape.setdefault(shape, []).append(name)
     warnings = {}
     for name in names:
-        twins = [other for other in by_shape[skeleton(name)] if other != name]
+        twins = [other for other in by_shape[shapes[name]] if other != name]
         problem = name_problem(name, name_parts(name, kind))
         if twins:
             problem = f"looks like {', '.join(map(repr, twins[:3]))}" + \
