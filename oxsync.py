@@ -1134,10 +1134,6 @@ class Records:
         """For creating a namespace: two look-alike names must not both pass the check."""
         self.lock("namespace names")
 
-    def live_namespaces(self) -> list[str]:
-        return [row[0] for row in self.all("SELECT name FROM namespaces "
-                                           "WHERE deleted_at IS NULL ORDER BY name")]
-
     def namespace_views(self, name: str | None = None) -> list[dict]:
         """Namespaces with their sizes and latest manifest facts, for the CLI and admin API."""
         where, params = ("WHERE n.name = ?", (name,)) if name is not None else ("", ())
@@ -1682,10 +1678,6 @@ class Records:
             return self.count("DELETE FROM login_failures")
         return self.count("DELETE FROM login_failures WHERE ip = ?", (ip,))
 
-    def locked_addresses(self, now: float) -> list:
-        return self.all("SELECT * FROM login_failures WHERE locked_until > ? ORDER BY ip",
-                        (now,))
-
     # -- listings: one page of namespaces, tokens or devices ---------------------
 
     def page(self, columns: str, source: str, keys: tuple, conditions: list,
@@ -2131,10 +2123,12 @@ class TrimNotes:
                 return
             manifests, snapshots, freed = pending[1:]
             self._pending[namespace] = [time.monotonic() + TRIM_LOG_SECONDS, 0, 0, 0]
-        log.warning("history of namespace %r reached MAX_HISTORY_BYTES (%d bytes): dropped "
-                    "its %d oldest manifests and %d oldest kept snapshots (%d bytes) since "
-                    "the last such line; raise MAX_HISTORY_BYTES to keep more", namespace,
-                    max_bytes, manifests, snapshots, freed)
+        # INFO, not WARNING: RepeatLimit keeps one warning per template per interval and
+        # would drop other namespaces' summaries; this class already limits per namespace.
+        log.info("history of namespace %r reached MAX_HISTORY_BYTES (%d bytes): dropped "
+                 "its %d oldest manifests and %d oldest kept snapshots (%d bytes) since "
+                 "the last such line; raise MAX_HISTORY_BYTES to keep more", namespace,
+                 max_bytes, manifests, snapshots, freed)
 
 
 trim_notes = TrimNotes()
