@@ -3,7 +3,6 @@ the one-shot maintenance runs BACKUP_TO, RESTORE_FROM and VERIFY_BACKUP."""
 
 from __future__ import annotations
 
-
 import pytest
 from conftest import SNAPSHOT_TYPE, ns_path, one_error_line, run_oxsync
 
